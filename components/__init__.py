@@ -1,0 +1,3 @@
+"""Camp segmentation pipeline: stage logic that runs with or without Kubeflow Pipelines."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,29 @@
+"""Errors that name the input at fault and what is wrong with it."""
+
+
+class PipelineInputError(ValueError):
+    """Bad user input: a dataset file, a parameter or a run folder.
+
+    The message always names the file or parameter and says what is wrong; the CLI prints it and
+    exits non-zero without a traceback.
+    """
+
+
+class DatasetError(PipelineInputError):
+    """A dataset folder or one of its files is unusable."""
+
+
+class ParameterError(PipelineInputError):
+    """A stage parameter is out of range or inconsistent with the data."""
+
+
+class RunFolderError(PipelineInputError):
+    """A run folder lacks an artifact that a stage needs, or holds an inconsistent one."""
+
+
+class ParityError(RuntimeError):
+    """An exported model disagrees with the PyTorch model beyond the tolerance."""
+
+
+class ValidationFailed(RuntimeError):
+    """A produced document (for example the STAC item) does not validate against its schema."""
