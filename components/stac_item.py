@@ -88,7 +88,9 @@ def training_period(layout: RunLayout) -> tuple[str, str, str]:
 
     ``training_history.json`` wins when it records times: top-level ``started_at``/``finished_at``
     (or ``start_time``/``end_time``), or per-epoch rows with ``timestamp``/``time``/``started_at``/
-    ``finished_at``. Otherwise file times bound the run: start = when ``stats.json`` was last
+    ``finished_at``. Next, ``summary.train_seconds`` (what the training stage writes) before the
+    file time of ``training_history.json``, written right after the fit. Otherwise file times
+    bound the run: start = when ``stats.json`` was last
     written (training needs it, so it cannot start earlier), end = the latest of
     ``training_history.json`` and ``checkpoints/best.ckpt`` (training writes them last).
     """
@@ -109,6 +111,14 @@ def training_period(layout: RunLayout) -> tuple[str, str, str]:
     ends = [t for t in ends if t]
     if starts and ends:
         return _iso(min(starts)), _iso(max(ends)), "training_history.json"
+    summary = top.get("summary") if isinstance(top.get("summary"), Mapping) else {}
+    seconds = summary.get("train_seconds")
+    if isinstance(seconds, (int, float)) and seconds >= 0:
+        # The training stage writes training_history.json right after the fit ends.
+        end = layout.history.stat().st_mtime
+        return _iso(end - float(seconds)), _iso(end), (
+            "training_history.json: end = its file time, start = end - summary.train_seconds"
+        )
     start = layout.stats.stat().st_mtime
     end = max(layout.history.stat().st_mtime, layout.checkpoint.stat().st_mtime)
     return _iso(min(start, end)), _iso(end), "file modification times"

@@ -93,8 +93,9 @@ def _build_run(root: Path) -> Path:
     layout.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": config.to_dict(), "epoch": 0},
                layout.checkpoint)
-    write_json(layout.history, [{"epoch": 0, "train_loss": 0.9, "val_loss": 0.8, "val_iou": 0.1,
-                                 "lr": 0.003}])
+    write_json(layout.history, {"epochs": [{"epoch": 0, "train_loss": 0.9, "val_loss": 0.8,
+                                            "val_iou": 0.1, "lr": 0.003, "seconds": 2.0}],
+                                "summary": {"train_seconds": 2.5, "best_epoch": 0}})
 
     session = onnx_session(layout.onnx, threads=1)
     pred = predict_class_maps(session, prep, raw).astype(bool)
@@ -170,6 +171,13 @@ def test_item_validates_and_is_recorded(item):
     if stats.get("footprint"):
         assert doc["bbox"] == stats["footprint"]["bbox"] and doc["geometry"]["type"] == "Polygon"
     assert props["datetime"] is None and props["start_datetime"] <= props["end_datetime"]
+    if props["camp:time_source"].startswith("training_history.json: end"):
+        from datetime import datetime
+
+        span = (datetime.fromisoformat(props["end_datetime"].replace("Z", "+00:00"))
+                - datetime.fromisoformat(props["start_datetime"].replace("Z", "+00:00")))
+        history = json.loads(layout.history.read_text())
+        assert abs(span.total_seconds() - history["summary"]["train_seconds"]) < 1e-3
     metrics = json.loads(layout.metrics.read_text())
     assert props["camp:test_metrics"]["iou"] == metrics["iou"]
     roles = {k: a["roles"] for k, a in doc["assets"].items()}
