@@ -27,3 +27,11 @@ class ParityError(RuntimeError):
 
 class ValidationFailed(RuntimeError):
     """A produced document (for example the STAC item) does not validate against its schema."""
+
+
+class StorageError(PipelineInputError):
+    """Object storage or a storage URI is unusable: unreachable endpoint, missing bucket, bad
+    credentials, a malformed URI, or a transfer that failed verification.
+
+    The message names the endpoint, bucket or key and the cause; it never contains credentials.
+    """
