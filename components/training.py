@@ -126,33 +126,21 @@ class SegmentationTask(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         metrics.update(torch.sigmoid(logits.float()), y.int())
-        on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end.
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        if stage == "train":
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_metrics)
 
-    def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), prog_bar=False)
-        self.train_metrics.reset()
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val", self.val_metrics)
 
-    def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.log("val_iou", values.pop("val_iou"), prog_bar=True)
-        self.log_dict(values)
-        self.val_metrics.reset()
-
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test", self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
 
     def configure_optimizers(self):
         c = self.config

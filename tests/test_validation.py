@@ -1,0 +1,141 @@
+"""Every bad input gets an error naming the file or parameter, a non-zero exit, and no stats."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+
+def make_dataset(root: Path, n_groups: int = 4, per_group: int = 2, size: int = 32) -> Path:
+    """A small valid dataset: ``n_groups`` zoom-18 XYZ tiles, each with zoom-19 children."""
+    rng = np.random.default_rng(0)
+    (root / "chips").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for g in range(n_groups):
+        x, y = 100 + 3 * g, 400
+        stems = [f"OAM-{x}-{y}-18"] + [f"OAM-{2 * x + c % 2}-{2 * y + c // 2}-19" for c in range(per_group)]
+        for stem in stems:
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "chips" / f"{stem}.png")
+            mask = (rng.random((size, size)) > 0.8).astype(np.uint8) * 255
+            Image.fromarray(mask).save(root / "labels" / f"{stem}.png")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+def first(folder: Path) -> Path:
+    return sorted(folder.iterdir())[0]
+
+
+def assert_rejected(data: Path, out: Path, *expected: str, extra: tuple[str, ...] = ()) -> str:
+    proc = run_cli("stats", "--data", str(data), "--out", str(out), *extra, check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for text in expected:
+        assert text in proc.stderr, f"{text!r} not in: {proc.stderr}"
+    assert not (out / "stats.json").exists() and not (out / "dataset_manifest.json").exists()
+    return proc.stderr
+
+
+def test_valid_dataset_passes(dataset, tmp_path):
+    run_cli("stats", "--data", str(dataset), "--out", str(tmp_path / "run"))
+    assert (tmp_path / "run" / "stats.json").exists()
+
+
+@pytest.mark.parametrize("missing", ["chips", "labels"])
+def test_missing_folder(dataset, tmp_path, missing):
+    shutil.rmtree(dataset / missing)
+    assert_rejected(dataset, tmp_path / "run", f"lacks {missing}/", str(dataset))
+
+
+def test_empty_dataset(tmp_path):
+    data = tmp_path / "empty"
+    (data / "chips").mkdir(parents=True)
+    (data / "labels").mkdir()
+    assert_rejected(data, tmp_path / "run", "is empty")
+
+
+def test_chips_without_masks_and_masks_without_chips_are_listed(dataset, tmp_path):
+    chip, mask = first(dataset / "chips"), sorted((dataset / "labels").iterdir())[-1]
+    chip_name = chip.name
+    (dataset / "labels" / chip.name).unlink()
+    mask.rename(dataset / "labels" / "orphan.png")
+    err = assert_rejected(dataset, tmp_path / "run", "without a mask", chip_name, "without a chip", "orphan.png")
+    assert "2 chip(s)" in err and "1 mask(s)" in err
+
+
+def test_truncated_image(dataset, tmp_path):
+    chip = first(dataset / "chips")
+    chip.write_bytes(chip.read_bytes()[:200])
+    assert_rejected(dataset, tmp_path / "run", chip.name, "unreadable or truncated")
+
+
+def test_unreadable_image(dataset, tmp_path):
+    mask = first(dataset / "labels")
+    mask.write_bytes(b"this is not an image")
+    assert_rejected(dataset, tmp_path / "run", mask.name, "unreadable")
+
+
+def test_chip_not_three_band(dataset, tmp_path):
+    chip = first(dataset / "chips")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(chip)
+    assert_rejected(dataset, tmp_path / "run", chip.name, "1 band(s); expected 3")
+
+
+def test_mask_with_several_bands(dataset, tmp_path):
+    mask = first(dataset / "labels")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(mask)
+    assert_rejected(dataset, tmp_path / "run", mask.name, "3 bands; expected a single band")
+
+
+def test_size_mismatch(dataset, tmp_path):
+    mask = first(dataset / "labels")
+    Image.fromarray(np.zeros((16, 32), np.uint8)).save(mask)
+    assert_rejected(dataset, tmp_path / "run", mask.name, "16x32", "32x32")
+
+
+def test_too_few_groups_for_splits(tmp_path):
+    data = make_dataset(tmp_path / "data", n_groups=2, per_group=4)
+    assert_rejected(data, tmp_path / "run", "2 group(s)", "train, val and test")
+
+
+@pytest.mark.parametrize(
+    "flags, text",
+    [
+        (("--train-ratio", "1.2"), "train_ratio=1.2"),
+        (("--val-ratio", "0"), "val_ratio=0.0"),
+        (("--test-ratio", "0.3"), "sum to"),
+        (("--threshold", "1.5"), "threshold=1.5"),
+    ],
+)
+def test_parameters_out_of_range(dataset, tmp_path, flags, text):
+    assert_rejected(dataset, tmp_path / "run", text, extra=flags)
+
+
+@pytest.mark.parametrize("size", ["100", "8", "0"])
+def test_image_size_the_network_cannot_take(dataset, tmp_path, size):
+    assert_rejected(dataset, tmp_path / "run", f"image_size={size}", "multiple of 16", extra=("--image-size", size))
+
+
+def test_native_size_the_network_cannot_take(tmp_path):
+    data = make_dataset(tmp_path / "data", size=40)
+    assert_rejected(data, tmp_path / "run", "the chips' size", "multiple of 16")
+
+
+def test_train_on_a_folder_without_stats(tmp_path):
+    proc = run_cli("train", "--run", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode != 0 and "stats.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_option_value_is_refused(tmp_path):
+    proc = run_cli("all", "--out", str(tmp_path / "r"), "--loss", "hinge", check=False)
+    assert proc.returncode != 0 and "hinge" in proc.stderr
