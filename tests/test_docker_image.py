@@ -108,8 +108,9 @@ def test_image_has_the_project_and_runs_as_non_root(docker_client, image):
     assert torch_version.startswith("2.")
     # kfp.local's DockerRunner and the cluster run the image's kfp: keep it the host's version.
     assert kfp_version == kfp.__version__
-    # The default command is a smoke test of the same imports.
-    assert b"campseg" in docker_client.containers.run(image, remove=True, network_disabled=True)
+    # The default command is the project's command line.
+    usage = docker_client.containers.run(image, remove=True, network_disabled=True)
+    assert b"python -m components" in usage and b"train" in usage
 
 
 def _stats_component(image: str):
