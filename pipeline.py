@@ -1,0 +1,411 @@
+"""The camp-segmentation training pipeline for Kubeflow Pipelines v2, and its command line.
+
+    python pipeline.py --compile [--output pipeline.yaml] [cluster flags]
+    python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
+    python pipeline.py --submit --host URL [--experiment NAME] [--schedule CRON] [parameters]
+
+This module wires components; the stage logic lives in ``components/``.
+"""
+
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact, Dataset, Model
+
+from components.kfp_components import make_components
+
+PIPELINE_NAME = "camp-segmentation-training"
+DEFAULT_IMAGE = "ghcr.io/campseg/campseg-cpu:0.1.0"
+GPU_STAGES = ("train-model",)
+STORAGE_STAGES = ("dataset-fingerprint", "dataset-statistics", "train-model", "export-model", "evaluate-model")
+#: Environment variables a step takes from the storage Secret (its keys have the same names).
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+#: Non-secret settings a step takes from the ConfigMap (optional keys).
+CONFIG_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+
+
+@dataclass
+class Resources:
+    """CPU and memory requests and limits of one step (Kubernetes quantities)."""
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+    @classmethod
+    def parse(cls, text: str) -> "tuple[str, Resources]":
+        """``STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM``, e.g. ``train-model=4,8,16Gi,32Gi``."""
+        try:
+            step, values = text.split("=", 1)
+            cpu_req, cpu_lim, mem_req, mem_lim = values.split(",")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--resources {text!r}: expected STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM") from None
+        return step, cls(cpu_req, cpu_lim, mem_req, mem_lim)
+
+
+DEFAULT_RESOURCES = {
+    "dataset-fingerprint": Resources("250m", "1", "256Mi", "1Gi"),
+    "dataset-statistics": Resources("1", "2", "2Gi", "4Gi"),
+    "train-model": Resources("4", "8", "16Gi", "32Gi"),
+    "export-model": Resources("2", "4", "4Gi", "8Gi"),
+    "evaluate-model": Resources("2", "4", "4Gi", "8Gi"),
+    "package-dlpk": Resources("1", "2", "2Gi", "4Gi"),
+    "generate-stac-item": Resources("500m", "1", "1Gi", "2Gi"),
+}
+
+
+@dataclass
+class ClusterSettings:
+    """Everything about the cluster that is fixed at compile time (flags of ``--compile``)."""
+
+    image: str = DEFAULT_IMAGE
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_count: int = 1
+    gpu_node_selector: Optional[Tuple[str, str]] = ("nvidia.com/gpu.present", "true")
+    gpu_toleration: Optional[Tuple[str, str, str]] = ("nvidia.com/gpu", "Exists", "NoSchedule")
+    storage_secret: str = "campseg-s3"
+    config_map: str = "campseg-config"
+    retries: int = 3
+    backoff: str = "30s"
+    resources: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+
+
+def _on_gpu(task: dsl.PipelineTask, s: ClusterSettings) -> None:
+    """Accelerator, node selector and toleration for the GPU node pool (KFP adds no toleration)."""
+    task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_count)
+    if s.gpu_node_selector:
+        kubernetes.add_node_selector(task, *s.gpu_node_selector)
+    if s.gpu_toleration:
+        key, operator, effect = s.gpu_toleration
+        kubernetes.add_toleration(task, key=key, operator=operator, effect=effect)
+
+
+def _with_credentials(task: dsl.PipelineTask, s: ClusterSettings) -> None:
+    """Storage credentials from a named Secret, endpoints from a ConfigMap: never values."""
+    kubernetes.use_secret_as_env(task, s.storage_secret, {k: k for k in SECRET_ENV})
+    kubernetes.use_config_map_as_env(task, s.config_map, {k: k for k in CONFIG_ENV}, optional=True)
+
+
+def _configure(task: dsl.PipelineTask, name: str, s: ClusterSettings, cache: bool = True) -> dsl.PipelineTask:
+    task.set_display_name(name)
+    r = s.resources.get(name)
+    if r:
+        task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
+        task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
+    if name in GPU_STAGES:
+        _on_gpu(task, s)
+    if name in STORAGE_STAGES:
+        task.set_retry(num_retries=s.retries, backoff_duration=s.backoff, backoff_factor=2.0)
+    _with_credentials(task, s)
+    task.set_caching_options(cache)
+    return task
+
+
+def build_pipeline(settings: ClusterSettings = ClusterSettings()):
+    """The pipeline function, its components bound to ``settings.image``."""
+    c = make_components(settings.image)
+
+    @dsl.pipeline(name=PIPELINE_NAME)
+    def camp_segmentation_training(
+        dataset_uri: str,
+        dataset_image_size: int = 0,
+        split_train_ratio: float = 0.7,
+        split_val_ratio: float = 0.15,
+        split_test_ratio: float = 0.15,
+        split_seed: int = 42,
+        train_architecture: str = "unet",
+        train_base_channels: int = 16,
+        train_depth: int = 4,
+        train_loss: str = "bce_dice",
+        train_optimizer: str = "adamw",
+        train_learning_rate: float = 0.003,
+        train_weight_decay: float = 0.0001,
+        train_lr_schedule: str = "cosine",
+        train_augment: bool = True,
+        train_epochs: int = 50,
+        train_batch_size: int = 16,
+        train_patience: int = 10,
+        train_precision: str = "auto",
+        model_name: str = "camp-segmentation",
+        model_threshold: float = 0.5,
+    ) -> NamedTuple("Outputs", [("prepared", Dataset), ("trained", Model), ("exported", Model),
+                                ("evaluation", Artifact), ("dlpk", Model), ("stac_item", Artifact)]):
+        """Train, export, evaluate and package a camp-segmentation U-Net.
+
+        Args:
+            dataset_uri: Dataset folder with chips/ and labels/ paired by file stem: s3://bucket/prefix/ or a local path.
+            dataset_image_size: Network input size in pixels (a multiple of 2**depth); 0 uses the chips' own size.
+            split_train_ratio: Fraction of ground groups in the train split.
+            split_val_ratio: Fraction of ground groups in the validation split (model selection, early stopping).
+            split_test_ratio: Fraction of ground groups in the test split (evaluation, promotion).
+            split_seed: Seed of the split hash and of training.
+            train_architecture: unet (this project's U-Net), smp_unet (needs segmentation_models_pytorch) or seed_baseline.
+            train_base_channels: Channels of the first U-Net level; each level doubles them.
+            train_depth: Number of 2x poolings of the U-Net encoder.
+            train_loss: bce_dice, bce, dice or focal.
+            train_optimizer: adamw (with weight decay), adam or sgd (with momentum 0.9).
+            train_learning_rate: Initial learning rate.
+            train_weight_decay: Weight decay of adamw and sgd.
+            train_lr_schedule: cosine, plateau (reduce on validation-loss plateau) or none.
+            train_augment: Flips, 90-degree rotations and brightness/contrast jitter on the train split.
+            train_epochs: Maximum number of epochs.
+            train_batch_size: Chips per batch.
+            train_patience: Epochs without validation-IoU improvement before early stopping.
+            train_precision: auto (bf16 mixed precision on GPU, fp32 on CPU), 32, bf16-mixed or 16-mixed.
+            model_name: Name of the model in packages, the STAC item and the registry.
+            model_threshold: Camp probability at or above which a pixel is camp.
+        """
+        fingerprint = _configure(c.dataset_fingerprint(dataset_uri=dataset_uri), "dataset-fingerprint", settings, cache=False)
+        stats = _configure(c.dataset_statistics(
+            dataset_uri=dataset_uri, fingerprint=fingerprint.output, image_size=dataset_image_size,
+            architecture=train_architecture, depth=train_depth, train_ratio=split_train_ratio,
+            val_ratio=split_val_ratio, test_ratio=split_test_ratio, seed=split_seed, threshold=model_threshold,
+        ), "dataset-statistics", settings)
+        prepared = stats.outputs["prepared"]
+        trained = _configure(c.train_model(
+            dataset_uri=dataset_uri, prepared=prepared, architecture=train_architecture,
+            base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
+            learning_rate=train_learning_rate, weight_decay=train_weight_decay, lr_schedule=train_lr_schedule,
+            augment=train_augment, epochs=train_epochs, batch_size=train_batch_size, patience=train_patience,
+            seed=split_seed, precision=train_precision, mlflow_run_id="",
+        ), "train-model", settings)
+        exported = _configure(c.export_model(
+            dataset_uri=dataset_uri, prepared=prepared, trained=trained.outputs["trained"],
+        ), "export-model", settings)
+        evaluated = _configure(c.evaluate_model(
+            dataset_uri=dataset_uri, prepared=prepared, exported=exported.outputs["exported"],
+        ), "evaluate-model", settings)
+        dlpk = _configure(c.package_dlpk(
+            prepared=prepared, exported=exported.outputs["exported"], model_name=model_name,
+        ), "package-dlpk", settings)
+        stac = _configure(c.generate_stac_item(
+            prepared=prepared, trained=trained.outputs["trained"], exported=exported.outputs["exported"],
+            evaluation=evaluated.outputs["evaluation"], dlpk=dlpk.outputs["dlpk"], model_name=model_name,
+        ), "generate-stac-item", settings)
+        outputs = NamedTuple("Outputs", [("prepared", Dataset), ("trained", Model), ("exported", Model),
+                                         ("evaluation", Artifact), ("dlpk", Model), ("stac_item", Artifact)])
+        return outputs(prepared, trained.outputs["trained"], exported.outputs["exported"],
+                       evaluated.outputs["evaluation"], dlpk.outputs["dlpk"], stac.outputs["stac_item"])
+
+    return camp_segmentation_training
+
+
+def compile_pipeline(output: Path, settings: ClusterSettings = ClusterSettings()) -> Path:
+    """Write the pipeline YAML that the KFP UI uploads."""
+    compiler.Compiler().compile(build_pipeline(settings), str(output))
+    return Path(output)
+
+
+#: Lighter defaults of ``--run-local`` on a laptop (the compiled pipeline keeps the cluster ones).
+LOCAL_DEFAULTS = {"train_epochs": 15, "train_batch_size": 8, "train_patience": 6}
+#: Which pipeline output holds which artifact kind of the run folder (components.kfp_steps).
+OUTPUT_KINDS = {"prepared": "prepared", "trained": "training", "exported": "models",
+                "evaluation": "evaluation", "dlpk": "dlpk", "stac_item": "stac"}
+_KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": None}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_parameter_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per pipeline parameter, with the docstring's description as help."""
+    group = parser.add_argument_group("pipeline parameters (default: the pipeline's own)")
+    for name, spec in build_pipeline().component_spec.inputs.items():
+        kind = _KFP_TYPES[spec.type] or _bool
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                           help=f"{spec.description} (default: {spec.default!r})")
+
+
+def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict[str, Any]:
+    """The parameters the user set, plus the lighter local defaults for ``--run-local``."""
+    names = build_pipeline().component_spec.inputs
+    chosen = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if local:
+        chosen = {**LOCAL_DEFAULTS, **chosen}
+    return chosen
+
+
+def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func=None) -> dict:
+    """Run the pipeline with ``kfp.local`` in this environment; gather a run folder in ``output_dir``."""
+    from kfp import local
+
+    from components.kfp_steps import gather_run
+
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    arguments = dict(arguments)
+    if not arguments.get("dataset_uri"):
+        from components.cli import SAMPLE_CHIPS, SAMPLE_SIZE
+        from components.sample_data import generate_sample_dataset
+
+        arguments["dataset_uri"] = str(generate_sample_dataset(output_dir / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp-local"),
+               raise_on_error=True)
+    func = pipeline_func or build_pipeline(ClusterSettings())
+    task = func(**arguments)
+    artifacts = {OUTPUT_KINDS[name]: artifact.path for name, artifact in task.outputs.items()}
+    summary = gather_run(artifacts, output_dir)
+    summary["dataset_uri"] = arguments["dataset_uri"]
+    summary["parameters"] = arguments
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def print_summary(summary: dict, output_dir: Path) -> None:
+    print(f"\nRun folder: {output_dir}")
+    for key in ("onnx", "torchscript", "state_dict", "checkpoint", "dlpk", "stac_item", "metrics", "stats"):
+        if key in summary:
+            print(f"  {key:<12} {Path(output_dir) / summary[key]}")
+    metrics = summary.get("test_metrics", {})
+    print("Test metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    print(f"Summary: {Path(output_dir) / 'summary.json'}")
+
+
+def check_cron(expression: str) -> str:
+    """Accept KFP's 6-field cron (leading seconds); explain a 5-field one."""
+    fields = expression.split()
+    if len(fields) == 5:
+        raise ValueError(
+            f"--schedule {expression!r} has 5 fields; KFP's cron has a leading seconds field: "
+            f"use '0 {expression}' (for example '0 0 3 * * *' is daily at 03:00)"
+        )
+    if len(fields) != 6:
+        raise ValueError(f"--schedule {expression!r}: expected 6 fields (seconds minutes hours day month weekday)")
+    return expression
+
+
+def kfp_client(host: str | None):
+    """A ``kfp.Client``; credentials come from KFP's own environment variables only."""
+    import kfp
+
+    credentials = None
+    token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if token_path:
+        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+        credentials = ServiceAccountTokenVolumeCredentials(token_path)
+    return kfp.Client(host=host, credentials=credentials)
+
+
+def submit(client, package: Path, arguments: dict[str, Any], experiment: str, version_name: str,
+           schedule: str | None = None, job_name: str | None = None):
+    """Upload ``package`` as a new version of the named pipeline and start a run or a schedule."""
+    pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(str(package), pipeline_name=PIPELINE_NAME,
+                                          description="Camp segmentation training (campseg)")
+        pipeline_id = pipeline.pipeline_id
+    version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id)
+    exp = client.create_experiment(experiment)
+    name = job_name or f"{PIPELINE_NAME}-{version_name}"
+    if schedule:
+        return client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=name, cron_expression=check_cron(schedule),
+            max_concurrency=1, no_catchup=True, enabled=True, params=arguments,
+            pipeline_id=pipeline_id, version_id=version.pipeline_version_id,
+        )
+    return client.run_pipeline(experiment_id=exp.experiment_id, job_name=name, params=arguments,
+                               pipeline_id=pipeline_id, version_id=version.pipeline_version_id)
+
+
+def settings_from_args(args: argparse.Namespace) -> ClusterSettings:
+    s = ClusterSettings(image=args.image, accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
+                        storage_secret=args.storage_secret, config_map=args.config_map, retries=args.retries,
+                        backoff=args.retry_backoff)
+    s.gpu_node_selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else None
+    if args.gpu_toleration:
+        parts = args.gpu_toleration.split(":")
+        if len(parts) != 3:
+            raise SystemExit(f"--gpu-toleration {args.gpu_toleration!r}: expected KEY:OPERATOR:EFFECT")
+        s.gpu_toleration = tuple(parts)
+    else:
+        s.gpu_toleration = None
+    for step, resources in args.resources or ():
+        if step not in DEFAULT_RESOURCES:
+            raise SystemExit(f"--resources: unknown step {step!r}; steps: {', '.join(DEFAULT_RESOURCES)}")
+        s.resources[step] = resources
+    return s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--compile", action="store_true", help="write the pipeline YAML")
+    mode.add_argument("--run-local", action="store_true", help="run with kfp.local in this environment")
+    mode.add_argument("--submit", action="store_true", help="upload a new pipeline version and start a run")
+    parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"), help="YAML path of --compile")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/local"), help="run folder of --run-local")
+    parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
+    parser.add_argument("--experiment", default="camp-segmentation", help="KFP experiment of --submit")
+    parser.add_argument("--version-name", default=None, help="pipeline version name (default: a timestamp)")
+    parser.add_argument("--schedule", default=None, help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *'")
+    cluster = parser.add_argument_group("cluster settings (compile time)")
+    d = ClusterSettings()
+    cluster.add_argument("--image", default=d.image, help="image of every step (see docker/)")
+    cluster.add_argument("--accelerator-type", default=d.accelerator_type)
+    cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count)
+    cluster.add_argument("--gpu-node-selector", default="=".join(d.gpu_node_selector), help="LABEL=VALUE of the GPU node pool; '' for none")
+    cluster.add_argument("--gpu-toleration", default=":".join(d.gpu_toleration), help="KEY:OPERATOR:EFFECT of the GPU taint; '' for none")
+    cluster.add_argument("--storage-secret", default=d.storage_secret, help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    cluster.add_argument("--config-map", default=d.config_map, help="ConfigMap with AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, ...")
+    cluster.add_argument("--retries", type=int, default=d.retries, help="retries of the steps that talk to storage")
+    cluster.add_argument("--retry-backoff", default=d.backoff, help="first retry delay (doubles each retry)")
+    cluster.add_argument("--resources", action="append", type=Resources.parse, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
+    add_parameter_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from components.errors import PipelineInputError
+
+    try:
+        if args.compile:
+            path = compile_pipeline(args.output, settings_from_args(args))
+            print(f"Wrote {path}: upload it in the Kubeflow Pipelines UI (Pipelines > Upload pipeline).")
+        elif args.run_local:
+            summary = run_local(pipeline_arguments(args, local=True), args.output_dir)
+            print_summary(summary, args.output_dir)
+        else:
+            arguments = pipeline_arguments(args, local=False)
+            if "dataset_uri" not in arguments:
+                raise PipelineInputError("--submit needs --dataset-uri (an s3:// prefix the cluster can read)")
+            if args.schedule:
+                check_cron(args.schedule)
+            import time
+
+            version = args.version_name or time.strftime("v%Y%m%d-%H%M%S")
+            with tempfile.TemporaryDirectory() as tmp:
+                package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings_from_args(args))
+                result = submit(kfp_client(args.host), package, arguments, args.experiment, version, args.schedule)
+            kind = "recurring run" if args.schedule else "run"
+            ident = getattr(result, "recurring_run_id", None) or getattr(result, "run_id", None)
+            print(f"Created {kind} {ident} of {PIPELINE_NAME} version {version}.")
+    except (PipelineInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # errors from the KFP server reach the user in plain words
+        if type(exc).__name__ == "ApiException":
+            print(f"error: the KFP server refused the request ({getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}): "
+                  f"{getattr(exc, 'body', exc)}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
