@@ -72,8 +72,8 @@ class ClusterSettings:
     accelerator_count: int = 1
     gpu_node_selector: Optional[Tuple[str, str]] = ("nvidia.com/gpu.present", "true")
     gpu_toleration: Optional[Tuple[str, str, str]] = ("nvidia.com/gpu", "Exists", "NoSchedule")
-    storage_secret: str = "campseg-s3"
-    config_map: str = "campseg-config"
+    storage_secret: str = "campseg-s3-credentials"
+    config_map: str = "campseg-endpoints"
     retries: int = 3
     backoff: str = "30s"
     resources: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -402,6 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(exc).__name__ == "ApiException":
             print(f"error: the KFP server refused the request ({getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}): "
                   f"{getattr(exc, 'body', exc)}", file=sys.stderr)
+            return 1
+        import urllib3
+
+        if isinstance(exc, (urllib3.exceptions.HTTPError, TimeoutError)):  # no answer: unreachable host, dropped connection
+            host = args.host or os.environ.get("KF_PIPELINES_ENDPOINT", "")
+            print(f"error: cannot reach the KFP server at {host}: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
             return 1
         raise
     return 0
