@@ -68,6 +68,7 @@ class ClusterSettings:
     """Everything about the cluster that is fixed at compile time (flags of ``--compile``)."""
 
     image: str = DEFAULT_IMAGE
+    gpu_image: str = ""  # image of the GPU steps (the CUDA image); empty: ``image``
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_count: int = 1
     gpu_node_selector: Optional[Tuple[str, str]] = ("nvidia.com/gpu.present", "true")
@@ -113,6 +114,7 @@ def _configure(task: dsl.PipelineTask, name: str, s: ClusterSettings, cache: boo
 def build_pipeline(settings: ClusterSettings = ClusterSettings()):
     """The pipeline function, its components bound to ``settings.image``."""
     c = make_components(settings.image)
+    gpu = make_components(settings.gpu_image or settings.image)
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def camp_segmentation_training(
@@ -171,7 +173,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             val_ratio=split_val_ratio, test_ratio=split_test_ratio, seed=split_seed, threshold=model_threshold,
         ), "dataset-statistics", settings)
         prepared = stats.outputs["prepared"]
-        trained = _configure(c.train_model(
+        trained = _configure(gpu.train_model(
             dataset_uri=dataset_uri, prepared=prepared, architecture=train_architecture,
             base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
             learning_rate=train_learning_rate, weight_decay=train_weight_decay, lr_schedule=train_lr_schedule,
@@ -322,8 +324,20 @@ def submit(client, package: Path, arguments: dict[str, Any], experiment: str, ve
                                pipeline_id=pipeline_id, version_id=version.pipeline_version_id)
 
 
+def build_images(registry: str, tag: str | None, push: bool, wheelhouse: Path | None) -> dict[str, str]:
+    """Build the step images with docker/build_images.py (the docker SDK); their references."""
+    import importlib.util
+
+    from components import __version__
+
+    spec = importlib.util.spec_from_file_location("campseg_build_images", Path(__file__).parent / "docker" / "build_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_all(registry, tag or __version__, push=push, wheelhouse=wheelhouse)
+
+
 def settings_from_args(args: argparse.Namespace) -> ClusterSettings:
-    s = ClusterSettings(image=args.image, accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
+    s = ClusterSettings(image=args.image, gpu_image=args.gpu_image, accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
                         storage_secret=args.storage_secret, config_map=args.config_map, retries=args.retries,
                         backoff=args.retry_backoff)
     s.gpu_node_selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else None
@@ -347,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--compile", action="store_true", help="write the pipeline YAML")
     mode.add_argument("--run-local", action="store_true", help="run with kfp.local in this environment")
     mode.add_argument("--submit", action="store_true", help="upload a new pipeline version and start a run")
+    mode.add_argument("--build-images", action="store_true",
+                      help="build (and --push) the CPU and CUDA images, then compile the pipeline with them")
+    parser.add_argument("--registry", default="", help="image registry of --build-images, e.g. registry.example.com/campseg")
+    parser.add_argument("--tag", default=None, help="image tag of --build-images (default: the project version)")
+    parser.add_argument("--push", action="store_true", help="push the built images (uses the engine's docker login)")
+    parser.add_argument("--wheelhouse", type=Path, default=None, help="install from this wheel folder (offline builds)")
     parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"), help="YAML path of --compile")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/local"), help="run folder of --run-local")
     parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
@@ -355,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule", default=None, help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *'")
     cluster = parser.add_argument_group("cluster settings (compile time)")
     d = ClusterSettings()
-    cluster.add_argument("--image", default=d.image, help="image of every step (see docker/)")
+    cluster.add_argument("--image", default=d.image, help="image of the CPU steps (see docker/)")
+    cluster.add_argument("--gpu-image", default="", help="image of the GPU steps, the CUDA image (default: --image)")
     cluster.add_argument("--accelerator-type", default=d.accelerator_type)
     cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count)
     cluster.add_argument("--gpu-node-selector", default="=".join(d.gpu_node_selector), help="LABEL=VALUE of the GPU node pool; '' for none")
@@ -377,6 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compile:
             path = compile_pipeline(args.output, settings_from_args(args))
             print(f"Wrote {path}: upload it in the Kubeflow Pipelines UI (Pipelines > Upload pipeline).")
+        elif args.build_images:
+            refs = build_images(args.registry, args.tag, args.push, args.wheelhouse)
+            args.image, args.gpu_image = refs["cpu"], refs["cuda"]
+            path = compile_pipeline(args.output, settings_from_args(args))
+            print(f"Images: {refs}\nWrote {path} referencing them.")
         elif args.run_local:
             summary = run_local(pipeline_arguments(args, local=True), args.output_dir)
             print_summary(summary, args.output_dir)
