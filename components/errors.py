@@ -35,3 +35,11 @@ class StorageError(PipelineInputError):
 
     The message names the endpoint, bucket or key and the cause; it never contains credentials.
     """
+
+
+class TrackingError(PipelineInputError):
+    """The MLflow tracking server or model registry is unusable, or refused an operation: an
+    unreachable or unhealthy server, a missing run, a model that cannot be registered.
+
+    The message names the tracking URI (without password), run or model and the cause.
+    """
