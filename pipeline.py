@@ -15,21 +15,25 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Model
 
 from components.kfp_components import make_components
 
 PIPELINE_NAME = "camp-segmentation-training"
 DEFAULT_IMAGE = "ghcr.io/campseg/campseg-cpu:0.1.0"
 GPU_STAGES = ("train-model",)
-STORAGE_STAGES = ("dataset-fingerprint", "dataset-statistics", "train-model", "export-model", "evaluate-model")
+STORAGE_STAGES = ("start-tracking", "dataset-fingerprint", "dataset-statistics", "train-model", "export-model",
+                  "evaluate-model", "register-model")
+#: Steps that never cache: they read data behind an unchanged URI, or talk to MLflow for this run.
+UNCACHED_STAGES = ("start-tracking", "dataset-fingerprint", "register-model", "end-tracking")
 #: Environment variables a step takes from the storage Secret (its keys have the same names).
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 #: Non-secret settings a step takes from the ConfigMap (optional keys).
 CONFIG_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+#: Optional MLflow server credentials (basic auth), from their own optional Secret.
+MLFLOW_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass
@@ -53,6 +57,9 @@ class Resources:
 
 
 DEFAULT_RESOURCES = {
+    "start-tracking": Resources("250m", "1", "512Mi", "1Gi"),
+    "end-tracking": Resources("250m", "1", "512Mi", "1Gi"),
+    "register-model": Resources("1", "2", "2Gi", "4Gi"),
     "dataset-fingerprint": Resources("250m", "1", "256Mi", "1Gi"),
     "dataset-statistics": Resources("1", "2", "2Gi", "4Gi"),
     "train-model": Resources("4", "8", "16Gi", "32Gi"),
@@ -75,6 +82,7 @@ class ClusterSettings:
     gpu_toleration: Optional[Tuple[str, str, str]] = ("nvidia.com/gpu", "Exists", "NoSchedule")
     storage_secret: str = "campseg-s3-credentials"
     config_map: str = "campseg-endpoints"
+    mlflow_secret: str = "campseg-mlflow-credentials"
     retries: int = 3
     backoff: str = "30s"
     resources: dict[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -94,9 +102,10 @@ def _with_credentials(task: dsl.PipelineTask, s: ClusterSettings) -> None:
     """Storage credentials from a named Secret, endpoints from a ConfigMap: never values."""
     kubernetes.use_secret_as_env(task, s.storage_secret, {k: k for k in SECRET_ENV})
     kubernetes.use_config_map_as_env(task, s.config_map, {k: k for k in CONFIG_ENV}, optional=True)
+    kubernetes.use_secret_as_env(task, s.mlflow_secret, {k: k for k in MLFLOW_SECRET_ENV}, optional=True)
 
 
-def _configure(task: dsl.PipelineTask, name: str, s: ClusterSettings, cache: bool = True) -> dsl.PipelineTask:
+def _configure(task: dsl.PipelineTask, name: str, s: ClusterSettings) -> dsl.PipelineTask:
     task.set_display_name(name)
     r = s.resources.get(name)
     if r:
@@ -107,7 +116,7 @@ def _configure(task: dsl.PipelineTask, name: str, s: ClusterSettings, cache: boo
     if name in STORAGE_STAGES:
         task.set_retry(num_retries=s.retries, backoff_duration=s.backoff, backoff_factor=2.0)
     _with_credentials(task, s)
-    task.set_caching_options(cache)
+    task.set_caching_options(name not in UNCACHED_STAGES)
     return task
 
 
@@ -139,8 +148,11 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         train_precision: str = "auto",
         model_name: str = "camp-segmentation",
         model_threshold: float = 0.5,
-    ) -> NamedTuple("Outputs", [("prepared", Dataset), ("trained", Model), ("exported", Model),
-                                ("evaluation", Artifact), ("dlpk", Model), ("stac_item", Artifact)]):
+        model_publish_uri: str = "",
+        tracking_experiment: str = "camp-segmentation",
+        tracking_promotion_metric: str = "iou",
+        tracking_promotion_margin: float = 0.0,
+    ):
         """Train, export, evaluate and package a camp-segmentation U-Net.
 
         Args:
@@ -165,39 +177,52 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             train_precision: auto (bf16 mixed precision on GPU, fp32 on CPU), 32, bf16-mixed or 16-mixed.
             model_name: Name of the model in packages, the STAC item and the registry.
             model_threshold: Camp probability at or above which a pixel is camp.
+            model_publish_uri: s3://bucket/prefix/ to publish the final artifacts to, as <prefix>/<model_name>/<version>/ with a STAC item pointing there; empty to keep them in the pipeline's artifact store only.
+            tracking_experiment: MLflow experiment of the pipeline's run (the server is MLFLOW_TRACKING_URI).
+            tracking_promotion_metric: Test metric that decides whether the new version becomes the registry's champion.
+            tracking_promotion_margin: How much the new version must beat the champion by, on the same test split, to take the alias.
         """
-        fingerprint = _configure(c.dataset_fingerprint(dataset_uri=dataset_uri), "dataset-fingerprint", settings, cache=False)
-        stats = _configure(c.dataset_statistics(
-            dataset_uri=dataset_uri, fingerprint=fingerprint.output, image_size=dataset_image_size,
-            architecture=train_architecture, depth=train_depth, train_ratio=split_train_ratio,
-            val_ratio=split_val_ratio, test_ratio=split_test_ratio, seed=split_seed, threshold=model_threshold,
-        ), "dataset-statistics", settings)
-        prepared = stats.outputs["prepared"]
-        trained = _configure(gpu.train_model(
-            dataset_uri=dataset_uri, prepared=prepared, architecture=train_architecture,
-            base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
-            learning_rate=train_learning_rate, weight_decay=train_weight_decay, lr_schedule=train_lr_schedule,
-            augment=train_augment, epochs=train_epochs, batch_size=train_batch_size, patience=train_patience,
-            seed=split_seed, precision=train_precision, mlflow_run_id="",
-        ), "train-model", settings)
-        exported = _configure(c.export_model(
-            dataset_uri=dataset_uri, prepared=prepared, trained=trained.outputs["trained"],
-        ), "export-model", settings)
-        evaluated = _configure(c.evaluate_model(
-            dataset_uri=dataset_uri, prepared=prepared, exported=exported.outputs["exported"],
-        ), "evaluate-model", settings)
-        dlpk = _configure(c.package_dlpk(
-            prepared=prepared, exported=exported.outputs["exported"], model_name=model_name,
-        ), "package-dlpk", settings)
-        stac = _configure(c.generate_stac_item(
-            prepared=prepared, trained=trained.outputs["trained"], exported=exported.outputs["exported"],
-            evaluation=evaluated.outputs["evaluation"], dlpk=dlpk.outputs["dlpk"], model_name=model_name,
-        ), "generate-stac-item", settings)
-        outputs = NamedTuple("Outputs", [("prepared", Dataset), ("trained", Model), ("exported", Model),
-                                         ("evaluation", Artifact), ("dlpk", Model), ("stac_item", Artifact)])
-        return outputs(prepared, trained.outputs["trained"], exported.outputs["exported"],
-                       evaluated.outputs["evaluation"], dlpk.outputs["dlpk"], stac.outputs["stac_item"])
-
+        closing = _configure(c.end_tracking(kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "end-tracking", settings)
+        with dsl.ExitHandler(closing, name="close-mlflow-run-on-exit"):
+            tracking = _configure(c.start_tracking(
+                dataset_uri=dataset_uri, publish_uri=model_publish_uri, experiment=tracking_experiment,
+                model_name=model_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ), "start-tracking", settings)
+            fingerprint = _configure(c.dataset_fingerprint(dataset_uri=dataset_uri), "dataset-fingerprint", settings)
+            fingerprint.after(tracking)
+            stats = _configure(c.dataset_statistics(
+                dataset_uri=dataset_uri, fingerprint=fingerprint.output, image_size=dataset_image_size,
+                architecture=train_architecture, depth=train_depth, train_ratio=split_train_ratio,
+                val_ratio=split_val_ratio, test_ratio=split_test_ratio, seed=split_seed, threshold=model_threshold,
+            ), "dataset-statistics", settings)
+            prepared = stats.outputs["prepared"]
+            trained = _configure(gpu.train_model(
+                dataset_uri=dataset_uri, prepared=prepared, architecture=train_architecture,
+                base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
+                learning_rate=train_learning_rate, weight_decay=train_weight_decay, lr_schedule=train_lr_schedule,
+                augment=train_augment, epochs=train_epochs, batch_size=train_batch_size, patience=train_patience,
+                seed=split_seed, precision=train_precision, mlflow_run_id=tracking.output,
+            ), "train-model", settings)
+            exported = _configure(c.export_model(
+                dataset_uri=dataset_uri, prepared=prepared, trained=trained.outputs["trained"],
+            ), "export-model", settings)
+            evaluated = _configure(c.evaluate_model(
+                dataset_uri=dataset_uri, prepared=prepared, exported=exported.outputs["exported"],
+            ), "evaluate-model", settings)
+            dlpk = _configure(c.package_dlpk(
+                prepared=prepared, exported=exported.outputs["exported"], model_name=model_name,
+            ), "package-dlpk", settings)
+            stac = _configure(c.generate_stac_item(
+                prepared=prepared, trained=trained.outputs["trained"], exported=exported.outputs["exported"],
+                evaluation=evaluated.outputs["evaluation"], dlpk=dlpk.outputs["dlpk"], model_name=model_name,
+            ), "generate-stac-item", settings)
+            _configure(c.register_model(
+                dataset_uri=dataset_uri, prepared=prepared, trained=trained.outputs["trained"],
+                exported=exported.outputs["exported"], evaluation=evaluated.outputs["evaluation"],
+                dlpk=dlpk.outputs["dlpk"], stac_item=stac.outputs["stac_item"], mlflow_run_id=tracking.output,
+                model_name=model_name, promotion_metric=tracking_promotion_metric,
+                promotion_margin=tracking_promotion_margin, publish_uri=model_publish_uri,
+            ), "register-model", settings)
     return camp_segmentation_training
 
 
@@ -209,9 +234,10 @@ def compile_pipeline(output: Path, settings: ClusterSettings = ClusterSettings()
 
 #: Lighter defaults of ``--run-local`` on a laptop (the compiled pipeline keeps the cluster ones).
 LOCAL_DEFAULTS = {"train_epochs": 15, "train_batch_size": 8, "train_patience": 6}
-#: Which pipeline output holds which artifact kind of the run folder (components.kfp_steps).
-OUTPUT_KINDS = {"prepared": "prepared", "trained": "training", "exported": "models",
-                "evaluation": "evaluation", "dlpk": "dlpk", "stac_item": "stac"}
+#: Which task output holds which artifact kind of the run folder (components.kfp_steps).
+OUTPUT_KINDS = {("dataset-statistics", "prepared"): "prepared", ("train-model", "trained"): "training",
+                ("export-model", "exported"): "models", ("evaluate-model", "evaluation"): "evaluation",
+                ("package-dlpk", "dlpk"): "dlpk", ("generate-stac-item", "stac_item"): "stac"}
 _KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": None}
 
 
@@ -257,14 +283,56 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func=None) -
         arguments["dataset_uri"] = str(generate_sample_dataset(output_dir / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp-local"),
                raise_on_error=True)
+    from components.tracking import tracking_uri_from_env
+
+    # MLFLOW_TRACKING_URI, or the embedded default: a SQLite store in the run folder.
+    tracking_uri = tracking_uri_from_env(output_dir)
     func = pipeline_func or build_pipeline(ClusterSettings())
-    task = func(**arguments)
-    artifacts = {OUTPUT_KINDS[name]: artifact.path for name, artifact in task.outputs.items()}
+    runs_before = set((output_dir / "kfp-local").glob("*"))
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the steps' subprocesses inherit it
+    try:
+        func(**arguments)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    (run_root,) = set((output_dir / "kfp-local").glob("*")) - runs_before
+    outputs = local_task_outputs(run_root)
+    artifacts = {kind: outputs[task]["artifacts"][name] for (task, name), kind in OUTPUT_KINDS.items()}
     summary = gather_run(artifacts, output_dir)
     summary["dataset_uri"] = arguments["dataset_uri"]
     summary["parameters"] = arguments
+    summary["kfp_local_run"] = str(run_root)
+    summary["mlflow"] = {"tracking_uri": _redacted(tracking_uri),
+                         "run_id": outputs["start-tracking"]["parameters"]["Output"],
+                         "model_version": outputs["register-model"]["parameters"]["Output"],
+                         "registration": Path(outputs["register-model"]["artifacts"]["decision"]).read_text()}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def local_task_outputs(run_root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Outputs of each task of a ``kfp.local`` run, read from its executor output files.
+
+    A pipeline cannot return outputs from inside its exit handler, so the local run reads what
+    each task reported instead: ``{task: {"artifacts": {name: path}, "parameters": {name: value}}}``.
+    """
+    found = {}
+    for executor_output in Path(run_root).glob("*/executor_output.json"):
+        payload = json.loads(executor_output.read_text())
+        found[executor_output.parent.name] = {
+            "artifacts": {name: group["artifacts"][0]["uri"] for name, group in payload.get("artifacts", {}).items()},
+            "parameters": payload.get("parameterValues", {}),
+        }
+    return found
+
+
+def _redacted(uri: str) -> str:
+    from components.tracking import _redact
+
+    return _redact(uri)
 
 
 def print_summary(summary: dict, output_dir: Path) -> None:
@@ -274,6 +342,9 @@ def print_summary(summary: dict, output_dir: Path) -> None:
             print(f"  {key:<12} {Path(output_dir) / summary[key]}")
     metrics = summary.get("test_metrics", {})
     print("Test metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    if "mlflow" in summary:
+        print(summary["mlflow"]["registration"].strip())
+        print(f"MLflow: {summary['mlflow']['tracking_uri']} (mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']})")
     print(f"Summary: {Path(output_dir) / 'summary.json'}")
 
 
@@ -338,7 +409,7 @@ def build_images(registry: str, tag: str | None, push: bool, wheelhouse: Path | 
 
 def settings_from_args(args: argparse.Namespace) -> ClusterSettings:
     s = ClusterSettings(image=args.image, gpu_image=args.gpu_image, accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
-                        storage_secret=args.storage_secret, config_map=args.config_map, retries=args.retries,
+                        storage_secret=args.storage_secret, config_map=args.config_map, mlflow_secret=args.mlflow_secret, retries=args.retries,
                         backoff=args.retry_backoff)
     s.gpu_node_selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else None
     if args.gpu_toleration:
@@ -382,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--gpu-node-selector", default="=".join(d.gpu_node_selector), help="LABEL=VALUE of the GPU node pool; '' for none")
     cluster.add_argument("--gpu-toleration", default=":".join(d.gpu_toleration), help="KEY:OPERATOR:EFFECT of the GPU taint; '' for none")
     cluster.add_argument("--storage-secret", default=d.storage_secret, help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    cluster.add_argument("--mlflow-secret", default=d.mlflow_secret, help="optional Secret with MLFLOW_TRACKING_USERNAME/PASSWORD")
     cluster.add_argument("--config-map", default=d.config_map, help="ConfigMap with AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, ...")
     cluster.add_argument("--retries", type=int, default=d.retries, help="retries of the steps that talk to storage")
     cluster.add_argument("--retry-backoff", default=d.backoff, help="first retry delay (doubles each retry)")

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import TrainConfig
+from typing import get_args
+
+from .config import Architecture, LossName, OptimizerName, PrecisionName, ScheduleName, TrainConfig
 from .errors import PipelineInputError
 from .run_layout import RunLayout, read_json, update_summary
 
@@ -31,20 +33,20 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    p.add_argument("--architecture", default=defaults.architecture, choices=["unet", "smp_unet", "seed_baseline"])
+    p.add_argument("--architecture", default=defaults.architecture, choices=get_args(Architecture))
     p.add_argument("--base-channels", type=int, default=defaults.base_channels)
     p.add_argument("--depth", type=int, default=defaults.depth)
     p.add_argument("--encoder-name", default=defaults.encoder_name)
-    p.add_argument("--loss", default=defaults.loss, choices=["bce_dice", "bce", "dice", "focal"])
-    p.add_argument("--optimizer", default=defaults.optimizer, choices=["adamw", "adam", "sgd"])
+    p.add_argument("--loss", default=defaults.loss, choices=get_args(LossName))
+    p.add_argument("--optimizer", default=defaults.optimizer, choices=get_args(OptimizerName))
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=["cosine", "plateau", "none"])
+    p.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=get_args(ScheduleName))
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--precision", default=defaults.precision, choices=["auto", "32", "bf16-mixed", "16-mixed"])
+    p.add_argument("--precision", default=defaults.precision, choices=get_args(PrecisionName))
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

@@ -9,7 +9,14 @@ KFP's local SubprocessRunner (the current environment) and in the project image 
 from types import SimpleNamespace
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str) -> str:
+    """Check object storage and MLflow before any work; open the pipeline's MLflow run."""
+    from components.kfp_steps import start_tracking as start
+
+    return start(dataset_uri, publish_uri, experiment, model_name, kfp_run_id)
 
 
 def dataset_fingerprint(dataset_uri: str) -> str:
@@ -76,7 +83,7 @@ def train_model(
                   optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay,
                   lr_schedule=lr_schedule, augment=augment, epochs=epochs, batch_size=batch_size,
                   patience=patience, seed=seed, precision=precision)
-    result = run_train(dataset_uri, prepared.path, trained.path, config, tracking_callbacks(mlflow_run_id))
+    result = run_train(dataset_uri, prepared.path, trained.path, config, tracking_callbacks(mlflow_run_id, config))
     trained.metadata.update({"framework": "pytorch-lightning", "best_epoch": result["best_epoch"]})
     for key in ("best_val_iou", "epochs_run", "train_images_per_second"):
         training_metrics.log_metric(key, round(float(result[key]), 6))
@@ -156,7 +163,46 @@ def generate_stac_item(
     stac_item.metadata.update({"id": item["id"], "file": "metadata/stac_item.json", "stac_version": item["stac_version"]})
 
 
-STAGES = (dataset_fingerprint, dataset_statistics, train_model, export_model, evaluate_model, package_dlpk, generate_stac_item)
+def register_model(
+    dataset_uri: str,
+    prepared: Input[Dataset],
+    trained: Input[Model],
+    exported: Input[Model],
+    evaluation: Input[Artifact],
+    dlpk: Input[Model],
+    stac_item: Input[Artifact],
+    mlflow_run_id: str,
+    model_name: str,
+    promotion_metric: str,
+    promotion_margin: float,
+    publish_uri: str,
+    decision: Output[Markdown],
+) -> str:
+    """Log the run to MLflow, register a model version, publish it, and move `champion` if better."""
+    from components.kfp_steps import register_and_promote
+
+    artifacts = dict(prepared=prepared.path, training=trained.path, models=exported.path,
+                     evaluation=evaluation.path, dlpk=dlpk.path, stac=stac_item.path)
+    result = register_and_promote(artifacts, dataset_uri, mlflow_run_id, model_name, promotion_metric,
+                                  promotion_margin, publish_uri)
+    lines = [f"# {model_name} version {result['version']}: {result['decision'].replace('_', ' ')}", "",
+             result["reason"], "", f"- MLflow run: `{mlflow_run_id}`",
+             f"- champion: version {result.get('champion_version')}"]
+    if result.get("stac_item"):
+        lines.append(f"- published: `{result['base_uri']}` (STAC item `{result['stac_item']}`)")
+    with open(decision.path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return result["version"]
+
+
+def end_tracking(kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: close the MLflow run as FINISHED, or FAILED when any step failed."""
+    from components.kfp_steps import end_tracking as end
+
+    end(kfp_run_id, status.state, status.error_message or "")
+
+
+STAGES = (start_tracking, end_tracking, register_model, dataset_fingerprint, dataset_statistics, train_model, export_model, evaluate_model, package_dlpk, generate_stac_item)
 
 
 def make_components(image: str) -> SimpleNamespace:

@@ -217,10 +217,148 @@ def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dic
     )
 
 
-def tracking_callbacks(mlflow_run_id: str) -> list:
-    """Lightning callbacks that log each epoch into the pipeline's MLflow run (none without one)."""
+# --------------------------------------------------------------------------------------------
+# Tracking: the first step, the registration step and the exit handler
+# --------------------------------------------------------------------------------------------
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` (the ConfigMap on a cluster; ``--run-local`` sets a SQLite store)."""
+    from .errors import TrackingError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        raise TrackingError("MLFLOW_TRACKING_URI is not set: put the MLflow server's URL in the "
+                            "pipeline's ConfigMap (campseg-endpoints) or the environment")
+    return uri
+
+
+def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str) -> str:
+    """Fail fast on unreachable storage or MLflow, then open the pipeline's MLflow run.
+
+    Returns:
+        The MLflow run id (``MLFLOW_RUN_ID`` when KFP's MLflow plugin injected one).
+    """
+    from .storage import check_bucket, is_s3_uri
+    from .tracking import check_tracking_server, run_id_from_env, start_pipeline_run
+
+    if is_s3_uri(dataset_uri):
+        check_bucket(dataset_uri)
+    elif not Path(dataset_uri).is_dir():
+        raise DatasetError(f"dataset_uri={dataset_uri!r}: no such folder (and not an s3:// URI)")
+    if publish_uri:
+        if not is_s3_uri(publish_uri):
+            from .errors import ParameterError
+
+            raise ParameterError(f"publish_uri={publish_uri!r}: expected s3://bucket/prefix/ (or empty)")
+        check_bucket(publish_uri)
+    uri = tracking_uri()
+    check_tracking_server(uri)
+    params = {"dataset_uri": dataset_uri, "model_name": model_name, "publish_uri": publish_uri or "none"}
+    return start_pipeline_run(uri, experiment, f"{model_name}-{kfp_run_id[:8]}", kfp_run_id, params,
+                              existing_run_id=run_id_from_env())
+
+
+def tracking_callbacks(mlflow_run_id: str, config: Mapping[str, Any] | None = None) -> list:
+    """Log the hyperparameters, and each epoch through a callback, into the pipeline's run."""
     if not mlflow_run_id:
         return []
-    from .tracking import MlflowEpochLogger
+    from .tracking import MlflowEpochLogger, log_params
 
-    return [MlflowEpochLogger(mlflow_run_id)]
+    uri = tracking_uri()
+    if config:
+        log_params(uri, mlflow_run_id, {f"train.{k}": v for k, v in config.items()})
+    return [MlflowEpochLogger(uri, mlflow_run_id)]
+
+
+def champion_score_on(layout: RunLayout, model_name: str, data: Path, metric: str) -> tuple[str | None, float | None]:
+    """Re-score the current champion on this run's test split (its own preprocessing).
+
+    Returns ``(champion_version, score)``, or ``(None, None)`` when there is no champion.
+    """
+    import mlflow
+
+    from .evaluation import onnx_predictor, score
+    from .preprocessing import Preprocessing
+    from .stats import read_manifest
+
+    client = mlflow.MlflowClient(tracking_uri())
+    try:
+        champion = client.get_model_version_by_alias(model_name, "champion")
+    except Exception:  # noqa: BLE001 - no registered model or no alias yet
+        return None, None
+    with tempfile.TemporaryDirectory(prefix="campseg-champion-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{model_name}@champion", dst_path=tmp, tracking_uri=tracking_uri()))
+        prep = Preprocessing.from_stats(read_json(next(local.rglob("stats.json"))))
+        onnx_file = next(local.rglob("*.onnx"))
+        pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
+        values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep)
+    return champion.version, float(values[metric])
+
+
+def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_run_id: str, model_name: str,
+                         metric: str, margin: float, publish_uri: str) -> dict:
+    """Log everything into the run, register a version, publish it, and decide on promotion.
+
+    Order keeps anything half-done from looking final: artifacts are logged, then the version is
+    registered; publishing to object storage follows, and a failure there deletes the version;
+    the ``champion`` alias moves last, only for a better model.
+    """
+    from .tracking import (
+        compute_test_split_id, log_dataset, log_history, log_params, log_run_artifacts, promote_if_better,
+        register_model,
+    )
+
+    uri = tracking_uri()
+    work = scratch_dir()
+    try:
+        layout = assemble(work / "run", **artifacts)
+        stats = read_json(layout.stats)
+        log_dataset(uri, mlflow_run_id, stats, stats.get("fingerprint"))
+        log_params(uri, mlflow_run_id, {"split": stats["split_ratios"], "seed": stats["seed"],
+                                        "preprocessing": stats["preprocessing"]})
+        log_history(uri, mlflow_run_id, read_json(layout.history))
+        log_run_artifacts(uri, mlflow_run_id, layout.root)
+        version = register_model(uri, mlflow_run_id, model_name, layout.root)
+        published = {}
+        if publish_uri:
+            try:
+                from .publish import publish_run
+                from .storage import join_uri
+
+                published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name)
+            except Exception:
+                import mlflow
+
+                mlflow.MlflowClient(uri).delete_model_version(model_name, version)
+                raise
+        split_id = compute_test_split_id(layout.root)
+        data = materialize_dataset(dataset_uri, stats.get("fingerprint"), work / "data")
+        champion_version, champion_score = champion_score_on(layout, model_name, data, metric)
+        decision = promote_if_better(
+            uri, model_name, version, metric, margin, test_split_id=split_id,
+            champion_score_on_split=champion_score if champion_version != version else None,
+        )
+        return {**decision, "version": version, "mlflow_run_id": mlflow_run_id, **published}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:
+    """Exit handler: mark the pipeline's MLflow run FINISHED, or FAILED when a step failed."""
+    import mlflow
+
+    from .tracking import KFP_RUN_ID_TAG, end_run
+
+    try:
+        uri = tracking_uri()
+        client = mlflow.MlflowClient(uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'")
+    except Exception as exc:  # noqa: BLE001 - the first step may have failed on exactly this
+        print(f"end_tracking: MLflow not reachable ({exc}); nothing to close")
+        return None
+    status = "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED"
+    for run in runs:
+        if run.info.status == "RUNNING":
+            end_run(uri, run.info.run_id, status, reason=error or None)
+    return status

@@ -347,6 +347,11 @@ def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
         client.log_batch(run_id, params=todo[i:i + 100])
 
 
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log (nested) parameters into a run; nested keys are joined with dots."""
+    _log_params(_client(tracking_uri), run_id, _flatten(dict(params)))
+
+
 def _set_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
     from mlflow.entities import RunTag
 

@@ -99,7 +99,8 @@ class SegmentationTask(L.LightningModule):
         self.configure_metrics()
 
     def configure_models(self) -> None:
-        self.network = build_network(self.config, self.hparams.in_channels)
+        # channels_last lets the CPU and GPU convolution kernels run their fastest layouts.
+        self.network = build_network(self.config, self.hparams.in_channels).to(memory_format=torch.channels_last)
 
     def configure_losses(self) -> None:
         self.criterion = build_loss(self.config.loss)
@@ -119,7 +120,7 @@ class SegmentationTask(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test_")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        return self.network(x.contiguous(memory_format=torch.channels_last))
 
     def _step(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
@@ -275,4 +276,4 @@ def train(
 def load_network(checkpoint: Path) -> torch.nn.Module:
     """The logits network of a checkpoint, in eval mode on the CPU."""
     task = SegmentationTask.load_from_checkpoint(str(checkpoint), map_location="cpu")
-    return task.network.eval()
+    return task.network.to(memory_format=torch.contiguous_format).eval()

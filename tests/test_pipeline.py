@@ -45,9 +45,21 @@ def executor_config(platform: dict, task: str) -> dict:
     return deployment[f"exec-{task}"]
 
 
-def test_six_stage_tasks_and_a_fingerprint(compiled):
+def dag_tasks(spec: dict) -> dict:
+    """Every task of the pipeline, inside the exit handler's group or not."""
+    found = {}
+    for name, task in tasks(spec).items():
+        found[name] = task
+    for component in spec["components"].values():
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_six_stage_tasks_plus_fingerprint_and_tracking(compiled):
     _, docs = compiled
-    assert set(tasks(docs["spec"])) == STAGE_TASKS | {"dataset-fingerprint"}
+    assert set(dag_tasks(docs["spec"])) - {"exit-handler-1", "close-mlflow-run-on-exit"} == STAGE_TASKS | {
+        "dataset-fingerprint", "start-tracking", "register-model", "end-tracking"}
+    assert tasks(docs["spec"])["end-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 
 
 def test_gpu_task_has_accelerator_node_selector_and_toleration(compiled):
@@ -95,8 +107,9 @@ def test_parameters_have_descriptions_and_required_dataset(compiled):
 
 def test_caching_never_serves_stale_data(compiled):
     _, docs = compiled
-    dag = tasks(docs["spec"])
-    assert dag["dataset-fingerprint"]["cachingOptions"].get("enableCache", False) is False
+    dag = dag_tasks(docs["spec"])
+    for name in ("dataset-fingerprint", "start-tracking", "register-model", "end-tracking"):
+        assert dag[name]["cachingOptions"].get("enableCache", False) is False, name
     # the statistics step is keyed on the content fingerprint computed at run time
     fingerprint_input = dag["dataset-statistics"]["inputs"]["parameters"]["fingerprint"]
     assert fingerprint_input["taskOutputParameter"]["producerTask"] == "dataset-fingerprint"
@@ -106,7 +119,7 @@ def test_caching_never_serves_stale_data(compiled):
 
 def test_storage_steps_retry_with_backoff(compiled):
     _, docs = compiled
-    dag = tasks(docs["spec"])
+    dag = dag_tasks(docs["spec"])
     for name in pipeline.STORAGE_STAGES:
         policy = dag[name]["retryPolicy"]
         assert policy["maxRetryCount"] == 3 and policy["backoffFactor"] == 2.0
