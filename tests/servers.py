@@ -305,7 +305,9 @@ class MlflowServer(_ServerProcess):
         port = free_port()
         self.tracking_uri = f"http://127.0.0.1:{port}"
         env = {**os.environ, **self.s3.env(),
-               "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+               "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+               # no background job runners (huey consumers): the tests use no server-side jobs
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
             env.pop(var, None)
         cmd = [
