@@ -113,7 +113,7 @@ def _configure(task: dsl.PipelineTask, name: str, s: ClusterSettings) -> dsl.Pip
         task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
     if name in GPU_STAGES:
         _on_gpu(task, s)
-    if name in STORAGE_STAGES:
+    if name in STORAGE_STAGES and s.retries > 0:
         task.set_retry(num_retries=s.retries, backoff_duration=s.backoff, backoff_factor=2.0)
     _with_credentials(task, s)
     task.set_caching_options(name not in UNCACHED_STAGES)
@@ -287,13 +287,21 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func=None) -
 
     # MLFLOW_TRACKING_URI, or the embedded default: a SQLite store in the run folder.
     tracking_uri = tracking_uri_from_env(output_dir)
-    func = pipeline_func or build_pipeline(ClusterSettings())
+    # No task-level retries locally: kfp.local honours them (30 s, 60 s, 120 s), which turns a
+    # fail-fast error of the first step into minutes of waiting; transfers retry on their own.
+    func = pipeline_func or build_pipeline(ClusterSettings(retries=0))
     runs_before = set((output_dir / "kfp-local").glob("*"))
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the steps' subprocesses inherit it
+    recorder = sys.stdout = _TailRecorder(sys.stdout)  # kfp.local prints the steps' logs there
     try:
         func(**arguments)
+    except RuntimeError as exc:  # kfp.local names the failed task only; add the step's own error
+        if "Inner task failed" not in str(exc):
+            raise
+        raise LocalRunFailed(_describe_failure(str(exc), recorder.lines)) from exc
     finally:
+        sys.stdout = recorder.stream
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
@@ -311,6 +319,52 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func=None) -
                          "registration": Path(outputs["register-model"]["artifacts"]["decision"]).read_text()}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class LocalRunFailed(RuntimeError):
+    """A step of a ``kfp.local`` run failed; the message names the step and its error."""
+
+
+class _TailRecorder:
+    """Writes through to ``stream`` and keeps its last lines (the steps' streamed logs)."""
+
+    def __init__(self, stream, max_lines: int = 20000) -> None:
+        import collections
+
+        self.stream = stream
+        self.lines: "collections.deque[str]" = collections.deque(maxlen=max_lines)
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *done, self._partial = (self._partial + text).split("\n")
+        self.lines.extend(done)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _describe_failure(message: str, lines) -> str:
+    """``step X failed: ErrorType: message`` from kfp.local's error and the steps' logs."""
+    import re
+
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    found = re.search(r"Inner task failed: '?([\w.-]+)'?", ansi.sub("", message))
+    if not found:
+        return ansi.sub("", message)
+    task = found.group(1)
+    clean = [ansi.sub("", line) for line in lines]
+    end = max((i for i, line in enumerate(clean) if f"Task '{task}' finished with status FAILURE" in line), default=None)
+    if end is None:
+        return f"step {task} failed (its log is above)"
+    error = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Failed))):\s*(.*)$")
+    for line in reversed(clean[:end]):
+        if f"Executing task '{task}'" in line:
+            break
+        m = error.match(line)
+        if m:
+            return f"step {task} failed: {m.group(2)}: {m.group(3).strip()}"
+    return f"step {task} failed (its log is above)"
 
 
 def local_task_outputs(run_root: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -496,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PipelineInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LocalRunFailed as exc:
+        print(f"error: the local pipeline run failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # errors from the KFP server reach the user in plain words
         if type(exc).__name__ == "ApiException":
             print(f"error: the KFP server refused the request ({getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}): "

@@ -330,10 +330,11 @@ def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:
     """Exit handler: mark the pipeline's MLflow run FINISHED, or FAILED when a step failed."""
     import mlflow
 
-    from .tracking import KFP_RUN_ID_TAG, end_run
+    from .tracking import KFP_RUN_ID_TAG, check_tracking_server, end_run
 
     try:
         uri = tracking_uri()
+        check_tracking_server(uri)  # fast and without retries: MLflow's client would retry for minutes
         client = mlflow.MlflowClient(uri)
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(experiments, filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'")
