@@ -12,7 +12,7 @@ from typing import get_args
 
 from .config import Architecture, LossName, OptimizerName, PrecisionName, ScheduleName, TrainConfig
 from .errors import PipelineInputError
-from .run_layout import RunLayout, read_json, update_summary
+from .run_layout import RunLayout, read_json
 
 SAMPLE_CHIPS = 64
 SAMPLE_SIZE = 128

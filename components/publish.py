@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .run_layout import RunLayout, read_json
+from .run_layout import RunLayout
 from .storage import join_uri, upload_dir, upload_file
 
 #: What is published: the files the STAC item describes, then the item itself (last).

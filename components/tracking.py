@@ -53,7 +53,6 @@ import os
 import platform
 import re
 import socket
-import sys
 import tempfile
 import time
 import urllib.error

@@ -23,7 +23,6 @@ engine's classic builder; the Dockerfiles work with it and with BuildKit alike.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tarfile
 import tempfile

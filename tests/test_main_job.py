@@ -7,9 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-
-from components.evaluation import evaluate_run, onnx_predictor, score, torch_predictor
+from components.evaluation import onnx_predictor, score, torch_predictor
 from components.export import export_models
 from components.model import InferenceModel
 from components.preprocessing import Preprocessing

@@ -1,9 +1,7 @@
 """STAC generation: the item validates offline, describes every artifact, and is enough on its own.
 
-The run folder comes from the shared ``trained_run`` fixture when ``tests/conftest.py`` offers it
-(copied, so these tests never alter it); otherwise a small real one is built here: a tiny U-Net
-exported to .pth/.pt/.onnx, real chips of ``shared/data/hotosm-philippines`` for the statistics and
-metrics, and the footprint of their georeferenced masks.
+The run folder is a copy of the shared ``trained_run`` fixture (the main job on the sample data),
+so these tests never alter it.
 """
 
 from __future__ import annotations
@@ -25,114 +23,11 @@ from components.run_layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-DATA = SHARED / "data" / "hotosm-philippines"
-STEMS = ["OAM-1772464-966380-21", "OAM-1772464-966381-21", "OAM-1772465-966380-21",
-         "OAM-1772465-966381-21", "OAM-1772464-966382-21", "OAM-1772465-966382-21"]
-
-
-def _raw_chips(stems) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(DATA / "chips" / f"{s}.png").convert("RGB")).transpose(2, 0, 1)
-                     for s in stems])
-
-
-def _build_run(root: Path) -> Path:
-    """A small but real run folder: every artifact the STAC stage reads."""
-    import rasterio
-    import torch
-
-    from components.config import TrainConfig
-    from components.inference import onnx_session, predict_class_maps
-    from components.model import InferenceModel, UNet, count_parameters
-    from components.preprocessing import Preprocessing
-    from components.run_layout import write_json
-
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} not available")
-    layout = RunLayout(root)
-    raw = _raw_chips(STEMS)
-    scaled = raw.astype(np.float64) / 255.0
-    prep = Preprocessing(256, ("red", "green", "blue"),
-                         tuple(scaled.mean(axis=(0, 2, 3)).tolist()),
-                         tuple(scaled.std(axis=(0, 2, 3)).tolist()), 255.0, 0.5)
-    bounds = []
-    masks = []
-    for stem in STEMS:
-        with rasterio.open(DATA / "labels" / f"{stem}.tif") as src:
-            bounds.append(tuple(src.bounds))
-            masks.append(src.read(1) > 0)
-    w, s = min(b[0] for b in bounds), min(b[1] for b in bounds)
-    e, n = max(b[2] for b in bounds), max(b[3] for b in bounds)
-    footprint = {"crs": "EPSG:4326", "bbox": [w, s, e, n],
-                 "geometry": {"type": "Polygon",
-                              "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}}
-    write_json(layout.stats, {
-        "dataset_uri": str(DATA), "fingerprint": "sha256:" + hashlib.sha256(raw.tobytes()).hexdigest(),
-        "preprocessing": prep.to_dict(), "dtype": "uint8", "source_sizes": [[256, 256]],
-        "counts": {"train": 4, "val": 1, "test": 1}, "seed": 42,
-        "footprint": footprint, "footprint_reason": None,
-    })
-    config = TrainConfig(base_channels=4, depth=2, epochs=1, batch_size=2)
-    write_json(layout.config, config.to_dict())
-
-    torch.manual_seed(0)
-    model = InferenceModel(UNet(base_channels=4, depth=2)).eval()
-    layout.models_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), layout.state_dict)
-    example = torch.zeros(1, 3, 256, 256)
-    # UNet.forward uses reversed() on a list, which torch.jit.script rejects: trace instead.
-    torch.jit.trace(model, example).save(str(layout.torchscript))
-    torch.onnx.export(model, (example,), str(layout.onnx), input_names=["input"],
-                      output_names=["probabilities"], dynamic_axes={"input": {0: "batch"},
-                                                                    "probabilities": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    write_json(layout.export_report, {"total_parameters": count_parameters(model), "opset": 17,
-                                      "max_abs_diff_onnx": 1e-6, "max_abs_diff_torchscript": 0.0,
-                                      "torch_version": torch.__version__})
-    layout.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": config.to_dict(), "epoch": 0},
-               layout.checkpoint)
-    write_json(layout.history, {"epochs": [{"epoch": 0, "train_loss": 0.9, "val_loss": 0.8,
-                                            "val_iou": 0.1, "lr": 0.003, "seconds": 2.0}],
-                                "summary": {"train_seconds": 2.5, "best_epoch": 0}})
-
-    session = onnx_session(layout.onnx, threads=1)
-    pred = predict_class_maps(session, prep, raw).astype(bool)
-    truth = np.stack(masks)
-    tp, fp = int((pred & truth).sum()), int((pred & ~truth).sum())
-    fn, tn = int((~pred & truth).sum()), int((~pred & ~truth).sum())
-    iou = tp / max(tp + fp + fn, 1)
-    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    write_json(layout.metrics, {
-        "iou": iou, "f1": 2 * tp / max(2 * tp + fp + fn, 1), "precision": precision,
-        "recall": recall, "accuracy": (tp + tn) / truth.size, "threshold": 0.5,
-        "num_chips": len(STEMS), "num_pixels": int(truth.size),
-        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-        "baselines": {"all_background_iou": 0.0, "all_foreground_iou": float(truth.mean())},
-        "split": "all", "dataset_uri": str(DATA),
-    })
-    from PIL import Image
-
-    layout.overlays_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(layout.confusion_matrix_png)
-    Image.fromarray(raw[0].transpose(1, 2, 0)).save(layout.overlays_dir / f"{STEMS[0]}.png")
-    layout.esri_dir.mkdir(parents=True, exist_ok=True)
-    import zipfile
-
-    with zipfile.ZipFile(layout.esri_dir / "camp-segmentation.dlpk", "w") as z:
-        z.writestr("camp-segmentation.emd", "{}")
-    return root
-
-
 @pytest.fixture(scope="module")
-def source_run(request, tmp_path_factory) -> Path:
-    try:
-        shared = request.getfixturevalue("trained_run")
-    except pytest.FixtureLookupError:
-        return _build_run(tmp_path_factory.mktemp("stac_run"))
+def source_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the shared trained run (after every stage), private to this module."""
     target = tmp_path_factory.mktemp("stac_trained") / "run"
-    shutil.copytree(getattr(shared, "root", shared), target)
+    shutil.copytree(trained_run, target)
     return target
 
 
@@ -214,9 +109,12 @@ def test_consumer_reproduces_evaluation_predictions_from_the_item_alone(item):
     out = props["mlm:output"][0]
     assert spec["input"]["dim_order"] == ["batch", "bands", "height", "width"]
     band_index = {"red": 0, "green": 1, "blue": 2}
+    # real chips of the run's test split, as stored (the manifest is plain JSON)
+    manifest = json.loads((path.parents[1] / "dataset_manifest.json").read_text())
+    test_chips = [Path(manifest["dataset_root"]) / p["chip"] for p in manifest["pairs"] if p["split"] == "test"]
     chips = []
-    for stem in STEMS[:3]:
-        rgb = np.asarray(Image.open(DATA / "chips" / f"{stem}.png").convert("RGB"))
+    for chip_path in test_chips[:3]:
+        rgb = np.asarray(Image.open(chip_path).convert("RGB"))
         chips.append(np.stack([rgb[:, :, band_index[b]] for b in spec["bands"]]))
     raw = np.stack(chips).astype(np.float32)
     assert list(raw.shape[1:]) == spec["input"]["shape"][1:]
