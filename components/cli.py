@@ -111,10 +111,11 @@ def run_all(args: argparse.Namespace) -> dict:
     from .export import export_models
     from .sample_data import generate_sample_dataset
     from .splits import SplitRatios
-    from .stac_item import build_stac_item
+    from .stac_item import build_stac_item, check_model_name
     from .stats import compute_statistics
     from .training import train
 
+    check_model_name(args.model_name)
     config = _config(args)
     data = args.data
     if data is None:

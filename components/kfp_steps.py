@@ -228,9 +228,11 @@ def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_na
     Returns:
         The MLflow run id (``MLFLOW_RUN_ID`` when KFP's MLflow plugin injected one).
     """
+    from .stac_item import check_model_name
     from .storage import check_bucket, is_s3_uri
     from .tracking import check_tracking_server, run_id_from_env, start_pipeline_run
 
+    check_model_name(model_name)
     if is_s3_uri(dataset_uri):
         check_bucket(dataset_uri)
     elif not Path(dataset_uri).is_dir():

@@ -213,6 +213,15 @@ def _optional_files(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if p.is_file())
 
 
+def check_model_name(model_name: str) -> None:
+    """Raise ParameterError unless ``model_name`` is a valid ``mlm:name`` (MLM's pattern)."""
+    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", model_name):
+        raise ParameterError(
+            f"model_name={model_name!r}: use at least 3 letters, digits, '_', '.', '-' or spaces, "
+            "starting with a letter and ending with a letter or digit"
+        )
+
+
 def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
                asset_base: str | None = None) -> dict:
     """Build (without validating or writing) the STAC item dict for the run in ``layout``."""
@@ -227,11 +236,7 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
         prep = Preprocessing.from_stats(stats)
     except (KeyError, TypeError, ValueError) as exc:
         raise RunFolderError(f"{layout.stats}: bad preprocessing block ({exc})") from None
-    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", model_name):
-        raise ParameterError(
-            f"model_name={model_name!r}: use letters, digits, '_', '.', '-' or spaces, starting with "
-            "a letter and ending with a letter or digit"
-        )
+    check_model_name(model_name)
 
     total_parameters, memory_size = _weights_summary(layout, config, report)
     geometry, bbox, footprint_reason = _geometry(stats, layout)

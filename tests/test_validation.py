@@ -139,3 +139,9 @@ def test_train_on_a_folder_without_stats(tmp_path):
 def test_unknown_option_value_is_refused(tmp_path):
     proc = run_cli("all", "--out", str(tmp_path / "r"), "--loss", "hinge", check=False)
     assert proc.returncode != 0 and "hinge" in proc.stderr
+
+
+def test_invalid_model_name_is_refused_before_any_work(tmp_path):
+    proc = run_cli("all", "--out", str(tmp_path / "r"), "--model-name", "m1", check=False)
+    assert proc.returncode == 2 and "model_name='m1'" in proc.stderr
+    assert not (tmp_path / "r" / "stats.json").exists()
