@@ -429,7 +429,7 @@ def kfp_client(host: str | None):
 
 
 def submit(client, package: Path, arguments: dict[str, Any], experiment: str, version_name: str,
-           schedule: str | None = None, job_name: str | None = None):
+           schedule: str | None = None, job_name: str | None = None, service_account: str | None = None):
     """Upload ``package`` as a new version of the named pipeline and start a run or a schedule."""
     pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
     if pipeline_id is None:
@@ -443,10 +443,11 @@ def submit(client, package: Path, arguments: dict[str, Any], experiment: str, ve
         return client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=check_cron(schedule),
             max_concurrency=1, no_catchup=True, enabled=True, params=arguments,
-            pipeline_id=pipeline_id, version_id=version.pipeline_version_id,
+            pipeline_id=pipeline_id, version_id=version.pipeline_version_id, service_account=service_account,
         )
     return client.run_pipeline(experiment_id=exp.experiment_id, job_name=name, params=arguments,
-                               pipeline_id=pipeline_id, version_id=version.pipeline_version_id)
+                               pipeline_id=pipeline_id, version_id=version.pipeline_version_id,
+                               service_account=service_account)
 
 
 def build_images(registry: str, tag: str | None, push: bool, wheelhouse: Path | None) -> dict[str, str]:
@@ -497,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
     parser.add_argument("--experiment", default="camp-segmentation", help="KFP experiment of --submit")
     parser.add_argument("--version-name", default=None, help="pipeline version name (default: a timestamp)")
+    parser.add_argument("--service-account", default=None,
+                        help="Kubernetes service account of the run's pods (e.g. campseg-pipeline-runner from manifests/)")
     parser.add_argument("--schedule", default=None, help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *'")
     cluster = parser.add_argument_group("cluster settings (compile time)")
     d = ClusterSettings()
@@ -543,7 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             version = args.version_name or time.strftime("v%Y%m%d-%H%M%S")
             with tempfile.TemporaryDirectory() as tmp:
                 package = compile_pipeline(Path(tmp) / "pipeline.yaml", settings_from_args(args))
-                result = submit(kfp_client(args.host), package, arguments, args.experiment, version, args.schedule)
+                result = submit(kfp_client(args.host), package, arguments, args.experiment, version, args.schedule,
+                                service_account=args.service_account)
             kind = "recurring run" if args.schedule else "run"
             ident = getattr(result, "recurring_run_id", None) or getattr(result, "run_id", None)
             print(f"Created {kind} {ident} of {PIPELINE_NAME} version {version}.")

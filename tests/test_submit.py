@@ -222,3 +222,10 @@ def test_credentials_come_from_the_environment_and_stay_secret(kfp_server, clean
 def test_without_a_token_no_authorization_header_is_sent(kfp_server, clean_env, capsys):
     assert pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET]) == 0
     assert all(r.header("Authorization") is None for r in kfp_server.requests)
+
+
+def test_service_account_reaches_the_run(kfp_server, clean_env, capsys):
+    code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET,
+                          "--service-account", "campseg-pipeline-runner", "--version-name", "sa1"])
+    assert code == 0, capsys.readouterr().err
+    assert kfp_server.call("POST", f"{API}/runs").json["service_account"] == "campseg-pipeline-runner"
