@@ -84,44 +84,18 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def training_period(layout: RunLayout) -> tuple[str, str, str]:
-    """Start, end (ISO 8601 UTC) and how they were found, for the training run.
+    """Start and end (ISO 8601 UTC) of the training run, and where they came from.
 
-    ``training_history.json`` wins when it records times: top-level ``started_at``/``finished_at``
-    (or ``start_time``/``end_time``), or per-epoch rows with ``timestamp``/``time``/``started_at``/
-    ``finished_at``. Next, ``summary.train_seconds`` (what the training stage writes) before the
-    file time of ``training_history.json``, written right after the fit. Otherwise file times
-    bound the run: start = when ``stats.json`` was last
-    written (training needs it, so it cannot start earlier), end = the latest of
-    ``training_history.json`` and ``checkpoints/best.ckpt`` (training writes them last).
+    The training stage records ``started_at``/``finished_at`` in ``training_history.json``; a run
+    folder without them falls back to file times: start = when ``stats.json`` was written
+    (training cannot start earlier), end = when ``training_history.json`` was (written last).
     """
     history = read_json(layout.history)
-    rows = history.get("epochs", history.get("history", [])) if isinstance(history, dict) else history
-    rows = rows if isinstance(rows, list) else []
-    top = history if isinstance(history, dict) else {}
-    starts = [_parse_time(top.get(k)) for k in ("started_at", "start_time")]
-    ends = [_parse_time(top.get(k)) for k in ("finished_at", "end_time")]
-    for row in rows:
-        if isinstance(row, Mapping):
-            for key in ("timestamp", "time", "started_at", "finished_at", "end_time"):
-                t = _parse_time(row.get(key))
-                if t:
-                    starts.append(t)
-                    ends.append(t)
-    starts = [t for t in starts if t]
-    ends = [t for t in ends if t]
-    if starts and ends:
-        return _iso(min(starts)), _iso(max(ends)), "training_history.json"
-    summary = top.get("summary") if isinstance(top.get("summary"), Mapping) else {}
-    seconds = summary.get("train_seconds")
-    if isinstance(seconds, (int, float)) and seconds >= 0:
-        # The training stage writes training_history.json right after the fit ends.
-        end = layout.history.stat().st_mtime
-        return _iso(end - float(seconds)), _iso(end), (
-            "training_history.json: end = its file time, start = end - summary.train_seconds"
-        )
-    start = layout.stats.stat().st_mtime
-    end = max(layout.history.stat().st_mtime, layout.checkpoint.stat().st_mtime)
-    return _iso(min(start, end)), _iso(end), "file modification times"
+    start, end = _parse_time(history.get("started_at")), _parse_time(history.get("finished_at"))
+    if start and end:
+        return _iso(start), _iso(end), "training_history.json started_at/finished_at"
+    first, last = layout.stats.stat().st_mtime, layout.history.stat().st_mtime
+    return _iso(min(first, last)), _iso(last), "file modification times"
 
 
 def _weights_summary(layout: RunLayout, config: Mapping[str, Any], report: Mapping[str, Any]) -> tuple[int, int]:

@@ -183,6 +183,12 @@ class HistoryCallback(Callback):
         self.rows.append(row)
 
 
+def _utc_iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def _precision(config: TrainConfig) -> str:
     if config.precision != "auto":
         return config.precision if config.precision != "32" else "32-true"
@@ -249,7 +255,8 @@ def train(
     )
     started = time.time()
     trainer.fit(task, train_loader, val_loader)
-    seconds = time.time() - started
+    finished = time.time()
+    seconds = finished - started
     if not checkpoint.best_model_path:
         raise RuntimeError("training produced no checkpoint (no validation epoch finished)")
 
@@ -267,7 +274,8 @@ def train(
         "accelerator": "cuda" if torch.cuda.is_available() else "cpu",
         "precision": _precision(config),
     }
-    write_json(layout.history, {"epochs": history.rows, "summary": result})
+    write_json(layout.history, {"started_at": _utc_iso(started), "finished_at": _utc_iso(finished),
+                                "epochs": history.rows, "summary": result})
     update_summary(layout, checkpoint=layout.checkpoint, train_config=layout.config, history=layout.history, best_val_iou=result["best_val_iou"])
     return result
 
