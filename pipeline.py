@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 from kfp import compiler, dsl, kubernetes
 
-from components.kfp_components import make_components
+from components.kubeflow.components import make_components
 
 PIPELINE_NAME = "camp-segmentation-training"
 DEFAULT_IMAGE = "ghcr.io/campseg/campseg-cpu:0.1.0"
@@ -271,19 +271,19 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func=None) -
     """Run the pipeline with ``kfp.local`` in this environment; gather a run folder in ``output_dir``."""
     from kfp import local
 
-    from components.kfp_steps import gather_run
+    from components.kubeflow.steps import gather_run
 
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     arguments = dict(arguments)
     if not arguments.get("dataset_uri"):
-        from components.cli import SAMPLE_CHIPS, SAMPLE_SIZE
-        from components.sample_data import generate_sample_dataset
+        from components.cli.stages import SAMPLE_CHIPS, SAMPLE_SIZE
+        from components.data.sample_data import generate_sample_dataset
 
         arguments["dataset_uri"] = str(generate_sample_dataset(output_dir / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp-local"),
                raise_on_error=True)
-    from components.tracking import tracking_uri_from_env
+    from components.tracking.mlflow_tracking import tracking_uri_from_env
 
     # MLFLOW_TRACKING_URI, or the embedded default: a SQLite store in the run folder.
     tracking_uri = tracking_uri_from_env(output_dir)
@@ -384,7 +384,7 @@ def local_task_outputs(run_root: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _redacted(uri: str) -> str:
-    from components.tracking import _redact
+    from components.tracking.mlflow_tracking import _redact
 
     return _redact(uri)
 
@@ -422,7 +422,9 @@ def kfp_client(host: str | None):
     credentials = None
     token_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
     if token_path:
-        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+        from kfp.client.set_volume_credentials import (
+            ServiceAccountTokenVolumeCredentials,
+        )
 
         credentials = ServiceAccountTokenVolumeCredentials(token_path)
     return kfp.Client(host=host, credentials=credentials)
@@ -521,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from components.errors import PipelineInputError
+    from components.contracts.errors import PipelineInputError
 
     try:
         if args.compile:

@@ -123,7 +123,7 @@ def epoch_timer():
 
 
 def recipes(epochs: int) -> dict:
-    from components.config import TrainConfig
+    from components.contracts.config import TrainConfig
 
     return {
         "default": TrainConfig(epochs=epochs, patience=epochs + 1),
@@ -136,10 +136,10 @@ def recipes(epochs: int) -> dict:
 
 
 def bench_training(data: Path, image_size: int, epochs: int, work: Path) -> dict:
-    from components.evaluation import evaluate_run
-    from components.export import export_models
-    from components.stats import compute_statistics
-    from components.training import train
+    from components.stages.evaluate import evaluate_run
+    from components.stages.export import export_models
+    from components.stages.stats import compute_statistics
+    from components.stages.train import train
 
     # One statistics pass; both recipes get a copy of the same stats and manifest (same chips,
     # same splits). Depth 4 is the deeper of the two networks' requirements.
@@ -182,13 +182,13 @@ def bench_inference(run: Path, warmup: int, runs: int) -> dict:
     import numpy as np
     import torch
 
-    from components.config import TrainConfig
-    from components.dataset import load_examples
-    from components.inference import onnx_session
-    from components.model import InferenceModel, build_network
-    from components.preprocessing import Preprocessing
-    from components.run_layout import RunLayout, read_json
-    from components.stats import read_manifest
+    from components.contracts.config import TrainConfig
+    from components.contracts.preprocessing import Preprocessing
+    from components.contracts.run_layout import RunLayout, read_json
+    from components.data.manifest import read_manifest
+    from components.data.pairs import load_examples
+    from components.ml.inference import onnx_session
+    from components.ml.networks import InferenceModel, build_network
 
     layout = RunLayout(run)
     prep = Preprocessing.from_stats(read_json(layout.stats))
@@ -235,7 +235,7 @@ def bench_inference(run: Path, warmup: int, runs: int) -> dict:
 _STATS_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from components.stats import compute_statistics
+from components.stages.stats import compute_statistics
 mode, data, run = sys.argv[2:5]
 t = time.perf_counter()
 n = None
@@ -276,7 +276,7 @@ def sample_datasets(sizes: tuple[int, ...], chip_size: int, cache: Path) -> dict
     """Synthetic datasets of each size. Chip i depends only on (seed, i), so the smaller sets are
     the first chips of the largest: it is generated once (and kept in ``cache``), the others are
     hard links to its first files, byte-identical to what ``generate_sample_dataset`` writes."""
-    from components.sample_data import generate_sample_dataset
+    from components.data.sample_data import generate_sample_dataset
 
     largest = max(sizes)
     base = cache / f"sample-{largest}-{chip_size}"
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         elif REAL_DATA.is_dir() and not args.quick:
             data, image_size = REAL_DATA, 256
         else:
-            from components.sample_data import generate_sample_dataset
+            from components.data.sample_data import generate_sample_dataset
 
             data = generate_sample_dataset(work / "train-data", sizes["train_chips"], size=sizes["train_size"], seed=1)
             image_size = sizes["train_size"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from components.cli.stages import main
 
 sys.exit(main())

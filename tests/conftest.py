@@ -1,36 +1,25 @@
-"""Shared fixtures: sample data and one trained run of the main job, made once per session."""
+"""Shared fixtures: sample data, one trained run of the main job, the compiled pipeline."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import secrets
 from pathlib import Path
 
 import pytest
+import yaml
 
-pytest_plugins = ["tests.server_fixtures"]
+from tests.support.cli import run_components
+from tests.support.paths import SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "hotosm-philippines"
-
-
-def run_cli(*args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run ``python -m components ARGS`` in a fresh process, as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "components", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"components {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+pytest_plugins = ["tests.support.server_fixtures"]
 
 
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory) -> Path:
     """The default synthetic sample dataset (read-only by convention: copy before changing)."""
-    from components.cli import SAMPLE_CHIPS, SAMPLE_SIZE
-    from components.sample_data import generate_sample_dataset
+    from components.cli.stages import SAMPLE_CHIPS, SAMPLE_SIZE
+    from components.data.sample_data import generate_sample_dataset
 
     return generate_sample_dataset(tmp_path_factory.mktemp("sample") / "data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
 
@@ -42,7 +31,7 @@ def trained_run(tmp_path_factory, sample_data) -> Path:
     Read-only by convention; a test that changes files copies it first.
     """
     out = tmp_path_factory.mktemp("trained") / "run"
-    run_cli("all", "--data", str(sample_data), "--out", str(out))
+    run_components("all", "--data", str(sample_data), "--out", str(out))
     return out
 
 
@@ -56,3 +45,24 @@ def hotosm() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory) -> tuple[Path, dict]:
+    """The YAML ``pipeline.py --compile`` writes with cluster flags, and its parsed documents.
+
+    Credentials were set in the environment while it compiled (``planted``): none may leak into it.
+    """
+    import pipeline
+
+    planted = {"AWS_SECRET_ACCESS_KEY": "leak-" + secrets.token_hex(12),
+               "AWS_ACCESS_KEY_ID": "leakid-" + secrets.token_hex(6)}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in planted.items():
+            mp.setenv(name, value)
+        path = tmp_path_factory.mktemp("yaml") / "pipeline.yaml"
+        assert pipeline.main(["--compile", "--output", str(path), "--image", "registry.example/campseg:1.2.3",
+                              "--gpu-node-selector", "pool=gpu", "--gpu-toleration", "nvidia.com/gpu:Exists:NoSchedule",
+                              "--resources", "train-model=3,6,12Gi,24Gi"]) == 0
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return path, {"spec": docs[0], "platform": docs[1] if len(docs) > 1 else {}, "planted": planted}

@@ -1,0 +1,1 @@
+"""Command lines: ``python -m components`` (the stages) and ``pipeline.py`` (the pipeline)."""

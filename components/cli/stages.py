@@ -1,0 +1,188 @@
+"""``python -m components STAGE ...``: run one stage, or all of them, on a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence, get_args
+
+from components.contracts.config import (
+    Architecture,
+    LossName,
+    OptimizerName,
+    PrecisionName,
+    ScheduleName,
+    TrainConfig,
+)
+from components.contracts.errors import PipelineInputError
+from components.contracts.run_layout import RunLayout, read_json
+
+SAMPLE_CHIPS = 64
+SAMPLE_SIZE = 128
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", type=Path, required=required, help="dataset folder with chips/ and labels/")
+
+
+def _add_stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-size", type=int, default=None, help="network input size (default: the chips' size)")
+    p.add_argument("--train-ratio", type=float, default=0.7)
+    p.add_argument("--val-ratio", type=float, default=0.15)
+    p.add_argument("--test-ratio", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threshold", type=float, default=0.5, help="camp probability threshold")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument("--architecture", default=defaults.architecture, choices=get_args(Architecture))
+    p.add_argument("--base-channels", type=int, default=defaults.base_channels)
+    p.add_argument("--depth", type=int, default=defaults.depth)
+    p.add_argument("--encoder-name", default=defaults.encoder_name)
+    p.add_argument("--loss", default=defaults.loss, choices=get_args(LossName))
+    p.add_argument("--optimizer", default=defaults.optimizer, choices=get_args(OptimizerName))
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=get_args(ScheduleName))
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--precision", default=defaults.precision, choices=get_args(PrecisionName))
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        architecture=args.architecture, base_channels=args.base_channels, depth=args.depth,
+        encoder_name=args.encoder_name, loss=args.loss, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
+        augment=args.augment, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+        seed=args.seed, precision=args.precision,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m components", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("sample-data", help="write the synthetic sample dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--chips", type=int, default=SAMPLE_CHIPS)
+    p.add_argument("--size", type=int, default=SAMPLE_SIZE)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("stats", help="validate, split and compute statistics")
+    _add_data_args(p, True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--depth", type=int, default=TrainConfig().network_depth, help="poolings of the network")
+    _add_stats_args(p)
+
+    p = sub.add_parser("train", help="train on a run folder's splits")
+    p.add_argument("--run", type=Path, required=True)
+    _add_data_args(p, False)
+    p.add_argument("--seed", type=int, default=42)
+    _add_train_args(p)
+
+    p = sub.add_parser("export", help="export state dict, TorchScript and ONNX with parity checks")
+    p.add_argument("--run", type=Path, required=True)
+    _add_data_args(p, False)
+
+    p = sub.add_parser("evaluate", help="evaluate the ONNX model on the test split or another folder")
+    p.add_argument("--run", type=Path, required=True)
+    _add_data_args(p, False)
+    p.add_argument("--out", type=Path, default=None, help="evaluate all chips of --data into this folder")
+
+    for name, helptext in (("dlpk", "package an Esri .dlpk"), ("stac", "write the STAC-MLM item")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--run", type=Path, required=True)
+        p.add_argument("--model-name", default="camp-segmentation")
+
+    p = sub.add_parser("all", help="stats, train, export, evaluate, dlpk and stac in sequence")
+    _add_data_args(p, False)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model-name", default="camp-segmentation")
+    _add_stats_args(p)
+    _add_train_args(p)
+    return parser
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    """The whole chain on one run folder; returns the summary."""
+    from components.data.sample_data import generate_sample_dataset
+    from components.data.splits import SplitRatios
+    from components.stages.dlpk import package_dlpk
+    from components.stages.evaluate import evaluate_run
+    from components.stages.export import export_models
+    from components.stages.stac import build_stac_item, check_model_name
+    from components.stages.stats import compute_statistics
+    from components.stages.train import train
+
+    check_model_name(args.model_name)
+    config = _config(args)
+    data = args.data
+    if data is None:
+        data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
+    ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
+    compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed, args.threshold)
+    train(args.out, config, data)
+    export_models(args.out, data)
+    evaluate_run(args.out, data)
+    package_dlpk(args.out, args.model_name)
+    build_stac_item(args.out, args.model_name)
+    return read_json(RunLayout(args.out).summary)
+
+
+def dispatch(args: argparse.Namespace) -> dict | None:
+    """Run the stage that ``args.stage`` names."""
+    match args.stage:
+        case "sample-data":
+            from components.data.sample_data import generate_sample_dataset
+
+            generate_sample_dataset(args.out, args.chips, args.size, args.seed)
+            return {"dataset": str(args.out)}
+        case "stats":
+            from components.data.splits import SplitRatios
+            from components.stages.stats import compute_statistics
+
+            ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
+            return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed, args.threshold)
+        case "train":
+            from components.stages.train import train
+
+            return train(args.run, _config(args), args.data)
+        case "export":
+            from components.stages.export import export_models
+
+            return export_models(args.run, args.data)
+        case "evaluate":
+            from components.stages.evaluate import evaluate_run
+
+            if args.out is not None and args.data is None:
+                raise PipelineInputError("evaluate --out needs --data: the labelled folder to evaluate")
+            return evaluate_run(args.run, args.data, args.out)
+        case "dlpk":
+            from components.stages.dlpk import package_dlpk
+
+            return {"dlpk": str(package_dlpk(args.run, args.model_name))}
+        case "stac":
+            from components.stages.stac import build_stac_item
+
+            return {"stac_item": str(build_stac_item(args.run, args.model_name))}
+        case "all":
+            return run_all(args)
+    raise AssertionError(args.stage)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = dispatch(args)
+    except PipelineInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0

@@ -1,0 +1,155 @@
+"""Where each stage reads and writes inside a run folder: the contract between stages.
+
+A run folder is self-describing: every stage reads what earlier stages wrote here and can be
+re-run alone. ``summary.json`` maps the public artifact keys to paths relative to the folder.
+Files are written to a temporary name and renamed into place, so a failed stage never leaves a
+file that looks final.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from components.contracts.errors import RunFolderError
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of every artifact of one run."""
+
+    root: Path
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def splits(self) -> Path:
+        """Manifest of validated pairs: stem, chip and mask paths, group and split."""
+        return self.root / "dataset_manifest.json"
+
+    @property
+    def config(self) -> Path:
+        """The training configuration (hyperparameters, architecture) as JSON."""
+        return self.root / "train_config.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "best.ckpt"
+
+    @property
+    def history(self) -> Path:
+        """Per-epoch training and validation metrics as JSON."""
+        return self.root / "training_history.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def state_dict(self) -> Path:
+        return self.models_dir / "model.pth"
+
+    @property
+    def torchscript(self) -> Path:
+        return self.models_dir / "model.pt"
+
+    @property
+    def onnx(self) -> Path:
+        return self.models_dir / "model.onnx"
+
+    @property
+    def export_report(self) -> Path:
+        return self.models_dir / "export_report.json"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def metrics(self) -> Path:
+        return self.evaluation_dir / "metrics.json"
+
+    @property
+    def confusion_matrix_png(self) -> Path:
+        return self.evaluation_dir / "confusion_matrix.png"
+
+    @property
+    def overlays_dir(self) -> Path:
+        return self.evaluation_dir / "overlays"
+
+    @property
+    def esri_dir(self) -> Path:
+        return self.root / "esri"
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self.root / "metadata"
+
+    @property
+    def stac_item(self) -> Path:
+        return self.metadata_dir / "stac_item.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def require(self, *paths: Path, stage: str) -> None:
+        """Raise a RunFolderError naming every missing artifact that ``stage`` needs."""
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise RunFolderError(
+                f"run folder {self.root} lacks what the {stage} stage needs: "
+                + ", ".join(missing)
+                + " (run the earlier stages first)"
+            )
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON artifact, naming the file when it is missing or malformed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: not valid JSON ({exc})") from None
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON atomically (indent 2, sorted keys off so the document reads in order)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    return Path(path)
+
+
+def update_summary(layout: RunLayout, **entries: Any) -> dict:
+    """Merge ``entries`` into ``summary.json``; artifact paths are stored relative to the run."""
+    summary = read_json(layout.summary) if layout.summary.exists() else {}
+    for key, value in entries.items():
+        if isinstance(value, Path):
+            value = os.path.relpath(value, layout.root)
+        summary[key] = value
+    write_json(layout.summary, summary)
+    return summary

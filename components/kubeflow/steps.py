@@ -1,0 +1,363 @@
+"""The glue between KFP artifacts and the stage logic: plain functions, testable without KFP.
+
+Each KFP component body calls one function here. An artifact is a folder holding its stage's part
+of a run folder (``docs/artifacts.md``): the prepared dataset holds ``stats.json`` and the
+manifest, the training artifact ``checkpoints/`` and the history, and so on. A step assembles a
+scratch run folder from its input artifacts, runs the stage, and copies what the stage wrote into
+its output artifact. Data reaches a step from ``dataset_uri`` itself (a local folder, or an S3
+prefix downloaded in parallel into the pod's scratch space), checked against the fingerprint the
+first step took, so a step never reads other data than the run was keyed on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from components.contracts.errors import DatasetError
+from components.contracts.run_layout import RunLayout, read_json
+
+#: Which files of a run folder each artifact carries (relative paths, folders end with "/").
+ARTIFACT_CONTENTS: dict[str, tuple[str, ...]] = {
+    "prepared": ("stats.json", "dataset_manifest.json"),
+    "training": ("checkpoints/", "train_config.json", "training_history.json"),
+    "models": ("models/",),
+    "evaluation": ("evaluation/",),
+    "dlpk": ("esri/",),
+    "stac": ("metadata/",),
+}
+
+
+def scratch_dir() -> Path:
+    """A scratch folder for a step (on a cluster, the pod's ephemeral storage)."""
+    return Path(tempfile.mkdtemp(prefix="campseg-"))
+
+
+def dataset_fingerprint(dataset_uri: str) -> str:
+    """Content fingerprint of the dataset (for S3 from the listing alone, nothing downloaded)."""
+    from components.storage.s3 import fingerprint, is_s3_uri
+
+    if not is_s3_uri(dataset_uri) and not Path(dataset_uri).is_dir():
+        raise DatasetError(f"dataset_uri={dataset_uri!r}: no such folder (and not an s3:// URI)")
+    return fingerprint(dataset_uri)
+
+
+def materialize_dataset(dataset_uri: str, expected_fingerprint: str | None, cache_dir: Path) -> Path:
+    """A local folder with the dataset; fails if its content is not what the run was keyed on."""
+    from components.storage.s3 import fingerprint, is_s3_uri, materialize
+
+    local = materialize(dataset_uri, cache_dir) if is_s3_uri(dataset_uri) else Path(dataset_uri)
+    if expected_fingerprint:
+        found = fingerprint(dataset_uri if is_s3_uri(dataset_uri) else local)
+        if found != expected_fingerprint:
+            raise DatasetError(
+                f"dataset_uri={dataset_uri!r} changed during the run (fingerprint {found} != {expected_fingerprint}); "
+                "start a new run"
+            )
+    return local
+
+
+def assemble(run_dir: Path, **artifacts: str | os.PathLike | None) -> RunLayout:
+    """Lay out input artifacts as one run folder (files are linked, not copied, where possible)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in artifacts.items():
+        if path is None:
+            continue
+        if name not in ARTIFACT_CONTENTS:
+            raise ValueError(f"unknown artifact kind {name!r}")
+        src = Path(path)
+        for source in sorted(src.rglob("*")):
+            if source.is_file():
+                target = run_dir / source.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+    return RunLayout(run_dir)
+
+
+def collect(layout: RunLayout, kind: str, artifact_dir: str | os.PathLike) -> None:
+    """Copy the files of artifact ``kind`` from the run folder into the output artifact folder."""
+    out = Path(artifact_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in ARTIFACT_CONTENTS[kind]:
+        source = layout.root / entry
+        if entry.endswith("/"):
+            shutil.copytree(source, out / entry, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, out / entry)
+
+
+@contextmanager
+def staged_run(dataset_uri: str | None = None, fingerprint: str | None = None,
+               **artifacts: str | os.PathLike | None) -> Iterator[tuple[RunLayout, Path | None]]:
+    """A scratch run folder assembled from input artifacts, and the dataset when a step reads it.
+
+    The dataset must still have ``fingerprint`` (default: the one in ``stats.json``).
+    """
+    work = scratch_dir()
+    try:
+        layout = assemble(work / "run", **artifacts)
+        data = None
+        if dataset_uri is not None:
+            expected = fingerprint or read_json(layout.stats).get("fingerprint")
+            data = materialize_dataset(dataset_uri, expected, work / "data")
+        yield layout, data
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_stats(dataset_uri: str, fingerprint: str, prepared_dir: str, params: Mapping[str, Any]) -> dict:
+    """Statistics stage into the ``prepared`` artifact."""
+    from components.data.splits import SplitRatios
+    from components.stages.stats import compute_statistics
+
+    with staged_run(dataset_uri, fingerprint) as (layout, data):
+        stats = compute_statistics(
+            data, layout.root, params.get("image_size") or None, int(params["network_depth"]),
+            SplitRatios(params["train_ratio"], params["val_ratio"], params["test_ratio"]),
+            int(params["seed"]), float(params["threshold"]), dataset_uri=dataset_uri, fingerprint=fingerprint,
+        )
+        collect(layout, "prepared", prepared_dir)
+        return stats
+
+
+def run_train(dataset_uri: str, prepared_dir: str, training_dir: str, config: Mapping[str, Any], callbacks=()) -> dict:
+    """Training stage from the ``prepared`` artifact into the ``training`` artifact."""
+    from components.contracts.config import TrainConfig
+    from components.stages.train import train
+
+    with staged_run(dataset_uri, prepared=prepared_dir) as (layout, data):
+        result = train(layout.root, TrainConfig.from_dict(config), data, callbacks=callbacks, progress_bar=True)
+        collect(layout, "training", training_dir)
+        return result
+
+
+def run_export(dataset_uri: str, prepared_dir: str, training_dir: str, models_dir: str) -> dict:
+    """Export stage into the ``models`` artifact (parity on real chips of the test split)."""
+    from components.stages.export import export_models
+
+    with staged_run(dataset_uri, prepared=prepared_dir, training=training_dir) as (layout, data):
+        report = export_models(layout.root, data)
+        collect(layout, "models", models_dir)
+        return report
+
+
+def run_evaluate(dataset_uri: str, prepared_dir: str, models_dir: str, evaluation_dir: str) -> dict:
+    """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact."""
+    from components.stages.evaluate import evaluate_run
+
+    with staged_run(dataset_uri, prepared=prepared_dir, models=models_dir) as (layout, data):
+        metrics = evaluate_run(layout.root, data)
+        collect(layout, "evaluation", evaluation_dir)
+        return metrics
+
+
+def run_dlpk(prepared_dir: str, models_dir: str, dlpk_dir: str, model_name: str) -> Path:
+    """DLPK packaging into the ``dlpk`` artifact; returns the package's path inside it."""
+    from components.stages.dlpk import package_dlpk
+
+    with staged_run(prepared=prepared_dir, models=models_dir) as (layout, _):
+        package = package_dlpk(layout.root, model_name)
+        collect(layout, "dlpk", dlpk_dir)
+        return Path(dlpk_dir) / package.relative_to(layout.root)
+
+
+def run_stac(artifacts: Mapping[str, str], stac_dir: str, model_name: str, asset_base: str | None = None) -> dict:
+    """STAC-MLM item over every artifact, into the ``stac`` artifact; returns the item."""
+    from components.stages.stac import build_stac_item
+
+    with staged_run(**artifacts) as (layout, _):
+        item_path = build_stac_item(layout.root, model_name, asset_base=asset_base or None)
+        collect(layout, "stac", stac_dir)
+        return json.loads(item_path.read_text())
+
+
+def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dict:
+    """Copy a finished pipeline's artifacts into one run folder and write its ``summary.json``."""
+    from components.contracts.run_layout import update_summary
+
+    layout = RunLayout(Path(out_dir))
+    if layout.root.exists():
+        for kind in ARTIFACT_CONTENTS:
+            for entry in ARTIFACT_CONTENTS[kind]:
+                target = layout.root / entry
+                if target.is_dir():
+                    shutil.rmtree(target)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    for kind, path in artifacts.items():
+        shutil.copytree(Path(path), layout.root, dirs_exist_ok=True)
+    metrics = read_json(layout.metrics)
+    entries = {
+        "stats": layout.stats, "checkpoint": layout.checkpoint, "train_config": layout.config,
+        "history": layout.history, "state_dict": layout.state_dict, "torchscript": layout.torchscript,
+        "onnx": layout.onnx, "export_report": layout.export_report, "metrics": layout.metrics,
+        "confusion_matrix": layout.confusion_matrix_png, "overlays": layout.overlays_dir,
+        "dlpk": next(layout.esri_dir.glob("*.dlpk")), "stac_item": layout.stac_item,
+    }
+    return update_summary(
+        layout, **entries,
+        test_metrics={k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")},
+        best_val_iou=read_json(layout.history)["summary"]["best_val_iou"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking: the first step, the registration step and the exit handler
+# --------------------------------------------------------------------------------------------
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` (the ConfigMap on a cluster; ``--run-local`` sets a SQLite store)."""
+    from components.contracts.errors import TrackingError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        raise TrackingError("MLFLOW_TRACKING_URI is not set: put the MLflow server's URL in the "
+                            "pipeline's ConfigMap (campseg-endpoints) or the environment")
+    return uri
+
+
+def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str) -> str:
+    """Fail fast on unreachable storage or MLflow, then open the pipeline's MLflow run.
+
+    Returns:
+        The MLflow run id (``MLFLOW_RUN_ID`` when KFP's MLflow plugin injected one).
+    """
+    from components.stages.stac import check_model_name
+    from components.storage.s3 import check_bucket, is_s3_uri
+    from components.tracking.mlflow_tracking import (
+        check_tracking_server,
+        run_id_from_env,
+        start_pipeline_run,
+    )
+
+    check_model_name(model_name)
+    if is_s3_uri(dataset_uri):
+        check_bucket(dataset_uri)
+    elif not Path(dataset_uri).is_dir():
+        raise DatasetError(f"dataset_uri={dataset_uri!r}: no such folder (and not an s3:// URI)")
+    if publish_uri:
+        if not is_s3_uri(publish_uri):
+            from components.contracts.errors import ParameterError
+
+            raise ParameterError(f"publish_uri={publish_uri!r}: expected s3://bucket/prefix/ (or empty)")
+        check_bucket(publish_uri)
+    uri = tracking_uri()
+    check_tracking_server(uri)
+    params = {"dataset_uri": dataset_uri, "model_name": model_name, "publish_uri": publish_uri or "none"}
+    return start_pipeline_run(uri, experiment, f"{model_name}-{kfp_run_id[:8]}", kfp_run_id, params,
+                              existing_run_id=run_id_from_env())
+
+
+def tracking_callbacks(mlflow_run_id: str, config: Mapping[str, Any] | None = None) -> list:
+    """Log the hyperparameters, and each epoch through a callback, into the pipeline's run."""
+    if not mlflow_run_id:
+        return []
+    from components.tracking.mlflow_tracking import MlflowEpochLogger, log_params
+
+    uri = tracking_uri()
+    if config:
+        log_params(uri, mlflow_run_id, {f"train.{k}": v for k, v in config.items()})
+    return [MlflowEpochLogger(uri, mlflow_run_id)]
+
+
+def champion_score_on(layout: RunLayout, model_name: str, data: Path, metric: str) -> tuple[str | None, float | None]:
+    """Re-score the current champion on this run's test split (its own preprocessing).
+
+    Returns ``(champion_version, score)``, or ``(None, None)`` when there is no champion.
+    """
+    import mlflow
+
+    from components.contracts.preprocessing import Preprocessing
+    from components.data.manifest import read_manifest
+    from components.ml.scoring import onnx_predictor, score
+
+    client = mlflow.MlflowClient(tracking_uri())
+    try:
+        champion = client.get_model_version_by_alias(model_name, "champion")
+    except Exception:  # noqa: BLE001 - no registered model or no alias yet
+        return None, None
+    with tempfile.TemporaryDirectory(prefix="campseg-champion-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{model_name}@champion", dst_path=tmp, tracking_uri=tracking_uri()))
+        prep = Preprocessing.from_stats(read_json(next(local.rglob("stats.json"))))
+        onnx_file = next(local.rglob("*.onnx"))
+        pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
+        values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep)
+    return champion.version, float(values[metric])
+
+
+def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_run_id: str, model_name: str,
+                         metric: str, margin: float, publish_uri: str) -> dict:
+    """Log everything into the run, register a version, publish it, and decide on promotion.
+
+    Order keeps anything half-done from looking final: artifacts are logged, then the version is
+    registered; publishing to object storage follows, and a failure there deletes the version;
+    the ``champion`` alias moves last, only for a better model.
+    """
+    from components.tracking.mlflow_tracking import (
+        compute_test_split_id,
+        log_dataset,
+        log_history,
+        log_run_artifacts,
+        promote_if_better,
+        register_model,
+    )
+
+    uri = tracking_uri()
+    with staged_run(dataset_uri, **artifacts) as (layout, data):
+        stats = read_json(layout.stats)
+        log_dataset(uri, mlflow_run_id, stats, stats.get("fingerprint"))
+        log_history(uri, mlflow_run_id, read_json(layout.history))
+        log_run_artifacts(uri, mlflow_run_id, layout.root)
+        version = register_model(uri, mlflow_run_id, model_name, layout.root)
+        published = {}
+        if publish_uri:
+            try:
+                from components.storage.s3 import join_uri
+                from components.storage.s3.publish import publish_run
+
+                published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name)
+            except Exception:
+                import mlflow
+
+                mlflow.MlflowClient(uri).delete_model_version(model_name, version)
+                raise
+        split_id = compute_test_split_id(layout.root)
+        champion_version, champion_score = champion_score_on(layout, model_name, data, metric)
+        decision = promote_if_better(
+            uri, model_name, version, metric, margin, test_split_id=split_id,
+            champion_score_on_split=champion_score if champion_version != version else None,
+        )
+        return {**decision, "version": version, "mlflow_run_id": mlflow_run_id, **published}
+
+
+def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:
+    """Exit handler: mark the pipeline's MLflow run FINISHED, or FAILED when a step failed."""
+    import mlflow
+
+    from components.tracking.mlflow_tracking import (
+        KFP_RUN_ID_TAG,
+        check_tracking_server,
+        end_run,
+    )
+
+    try:
+        uri = tracking_uri()
+        check_tracking_server(uri)  # fast and without retries: MLflow's client would retry for minutes
+        client = mlflow.MlflowClient(uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'")
+    except Exception as exc:  # noqa: BLE001 - the first step may have failed on exactly this
+        print(f"end_tracking: MLflow not reachable ({exc}); nothing to close")
+        return None
+    status = "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED"
+    for run in runs:
+        if run.info.status == "RUNNING":
+            end_run(uri, run.info.run_id, status, reason=error or None)
+    return status

@@ -1,0 +1,1 @@
+"""Machine learning: networks, losses, the Lightning task, inference and scoring."""

@@ -1,0 +1,1 @@
+"""What people look at: evaluation figures and the self-contained HTML report."""

@@ -1,0 +1,124 @@
+"""Training stage: fit the Lightning task on the train split, select the best epoch on val IoU."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from components.contracts.config import TrainConfig
+from components.contracts.errors import DatasetError
+from components.contracts.preprocessing import Preprocessing, check_image_size
+from components.contracts.run_layout import (
+    RunLayout,
+    read_json,
+    update_summary,
+    write_json,
+)
+from components.data.manifest import read_manifest
+from components.ml.task import ChipDataset, HistoryCallback, SegmentationTask
+
+
+def _utc_iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _precision(config: TrainConfig) -> str:
+    if config.precision != "auto":
+        return config.precision if config.precision != "32" else "32-true"
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def train(
+    run_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    data_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    logger: Any = False,
+    progress_bar: bool = True,
+) -> dict:
+    """Train on the run's train split, select the best epoch on val IoU, save the checkpoint.
+
+    Args:
+        run_dir: run folder holding ``stats.json`` and the manifest.
+        config: hyperparameters.
+        data_dir: where the dataset is now (default: where the statistics stage read it).
+        callbacks: extra Lightning callbacks (e.g. for tracking).
+        logger: a Lightning logger or False.
+        progress_bar: show Lightning's progress bar.
+
+    Returns:
+        A summary: best epoch, best val IoU, epochs run, seconds, images per second.
+    """
+    layout = RunLayout(Path(run_dir))
+    layout.require(layout.stats, layout.splits, stage="training")
+    stats = read_json(layout.stats)
+    prep = Preprocessing.from_stats(stats)
+    check_image_size(prep.image_size, config.network_depth)
+    pairs = read_manifest(layout, data_dir)
+    by_split = {s: [p for p in pairs if p.split == s] for s in ("train", "val")}
+    for split, members in by_split.items():
+        if not members:
+            raise DatasetError(f"{layout.splits}: the {split} split is empty; re-run the statistics stage")
+
+    L.seed_everything(config.seed, workers=True)
+    train_ds = ChipDataset(by_split["train"], prep, augment=config.augment, seed=config.seed)
+    val_ds = ChipDataset(by_split["val"], prep)
+    loaders = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, drop_last=len(train_ds) > config.batch_size, generator=generator, **loaders)
+    val_loader = DataLoader(val_ds, batch_size=config.batch_size, **loaders)
+
+    task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold)
+    partial_dir = layout.checkpoint.parent / ".partial"
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor="val_iou", mode="max", save_top_k=1)
+    history = HistoryCallback()
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator="auto",
+        devices=1,
+        precision=_precision(config),
+        callbacks=[checkpoint, EarlyStopping(monitor="val_iou", mode="max", patience=config.patience), history, *callbacks],
+        logger=logger,
+        deterministic="warn",
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    started = time.time()
+    trainer.fit(task, train_loader, val_loader)
+    finished = time.time()
+    seconds = finished - started
+    if not checkpoint.best_model_path:
+        raise RuntimeError("training produced no checkpoint (no validation epoch finished)")
+
+    # Publish: the checkpoint, config and history appear only after a completed fit.
+    Path(checkpoint.best_model_path).replace(layout.checkpoint)
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    write_json(layout.config, config.to_dict())
+    best_epoch = max(history.rows, key=lambda r: r.get("val_iou", -1))["epoch"] if history.rows else None
+    result = {
+        "best_epoch": best_epoch,
+        "best_val_iou": float(checkpoint.best_model_score),
+        "epochs_run": len(history.rows),
+        "train_seconds": seconds,
+        "train_images_per_second": len(train_ds) * len(history.rows) / seconds if seconds else None,
+        "accelerator": "cuda" if torch.cuda.is_available() else "cpu",
+        "precision": _precision(config),
+    }
+    write_json(layout.history, {"started_at": _utc_iso(started), "finished_at": _utc_iso(finished),
+                                "epochs": history.rows, "summary": result})
+    update_summary(layout, checkpoint=layout.checkpoint, train_config=layout.config, history=layout.history, best_val_iou=result["best_val_iou"])
+    return result
+
+

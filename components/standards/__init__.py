@@ -1,0 +1,6 @@
+"""External standards: offline STAC schema validation (vendored schemas) and the Esri raster function."""
+
+from pathlib import Path
+
+#: The Python raster function shipped in every DLPK (standalone: numpy, json, os, torch only).
+ESRI_RASTER_FUNCTION = Path(__file__).resolve().with_name("esri") / "CampSegmenter.py"

@@ -1,0 +1,47 @@
+"""Publish a finished run's artifacts to object storage, with a STAC item whose hrefs point there."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from components.contracts.run_layout import RunLayout
+from components.storage.s3 import join_uri, upload_dir, upload_file
+
+#: What is published: the files the STAC item describes, then the item itself (last).
+PUBLISHED = ("stats.json", "dataset_manifest.json", "train_config.json", "training_history.json",
+             "checkpoints/", "models/", "evaluation/", "esri/")
+
+
+def publish_run(run_dir: Path, base_uri: str, model_name: str) -> dict[str, str]:
+    """Upload the run's artifacts below ``base_uri`` (``s3://bucket/prefix/<model>/<version>/``).
+
+    The STAC item is rebuilt with ``s3://`` hrefs, validated, and uploaded last, so a reader never
+    finds an item whose assets are not all there yet.
+
+    Returns:
+        ``{"base_uri": ..., "stac_item": <uri of the item>}``.
+    """
+    from components.stages.stac import build_stac_item
+
+    layout = RunLayout(Path(run_dir))
+    base = base_uri if base_uri.endswith("/") else base_uri + "/"
+    with tempfile.TemporaryDirectory(prefix="campseg-publish-") as tmp:
+        staged = Path(tmp) / "run"
+        staged.mkdir()
+        for entry in PUBLISHED:
+            source = layout.root / entry
+            if entry.endswith("/"):
+                shutil.copytree(source, staged / entry)
+            elif source.exists():
+                shutil.copy2(source, staged / entry)
+        (staged / "metadata").mkdir()
+        item = build_stac_item(staged, model_name, asset_base=base)
+        summary = staged / "summary.json"
+        summary.unlink(missing_ok=True)  # the local summary names local paths
+        item_file = item.rename(Path(tmp) / "stac_item.json")
+        shutil.rmtree(staged / "metadata")
+        upload_dir(staged, base)
+        item_uri = upload_file(item_file, join_uri(base, "metadata/stac_item.json"))
+    return {"base_uri": base, "stac_item": item_uri}

@@ -1,0 +1,96 @@
+"""The compiled pipeline YAML: tasks, parameters, caching, retries, cluster settings, credentials."""
+
+from __future__ import annotations
+
+import pipeline
+import pytest
+
+STAGE_TASKS = {"dataset-statistics", "train-model", "export-model", "evaluate-model", "package-dlpk", "generate-stac-item"}
+
+
+def tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def executor_config(platform: dict, task: str) -> dict:
+    deployment = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return deployment[f"exec-{task}"]
+
+
+def dag_tasks(spec: dict) -> dict:
+    """Every task of the pipeline, inside the exit handler's group or not."""
+    found = {}
+    for name, task in tasks(spec).items():
+        found[name] = task
+    for component in spec["components"].values():
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_six_stage_tasks_plus_fingerprint_and_tracking(compiled):
+    _, docs = compiled
+    assert set(dag_tasks(docs["spec"])) - {"exit-handler-1", "close-mlflow-run-on-exit"} == STAGE_TASKS | {
+        "dataset-fingerprint", "start-tracking", "register-model", "end-tracking"}
+    assert tasks(docs["spec"])["end-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_gpu_task_has_accelerator_node_selector_and_toleration(compiled):
+    _, docs = compiled
+    container = docs["spec"]["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert str(container["resources"]["accelerator"]["resourceCount"]) == "1"
+    assert container["resources"]["cpuLimit"] == 6.0
+    assert container["resources"]["memoryRequest"] == pytest.approx(12 * 2**30 / 1e9)  # KFP writes GB
+    config = executor_config(docs["platform"], "train-model")
+    assert config["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert config["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu_only = docs["spec"]["deploymentSpec"]["executors"]["exec-package-dlpk"]["container"]
+    assert "accelerator" not in cpu_only.get("resources", {})
+
+
+def test_image_is_the_compile_flag(compiled):
+    _, docs = compiled
+    images = {e["container"]["image"] for e in docs["spec"]["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/campseg:1.2.3"}
+
+
+def test_credentials_only_by_secret_name(compiled):
+    path, docs = compiled
+
+    text = path.read_text()
+    assert not [value for value in docs["planted"].values() if value in text]
+    for name in ("dataset-fingerprint", "train-model", "generate-stac-item"):
+        secret = executor_config(docs["platform"], name)["secretAsEnv"][0]
+        assert secret["secretName"] == "campseg-s3-credentials"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for executor in docs["spec"]["deploymentSpec"]["executors"].values():
+        assert not [e for e in executor["container"].get("env", []) if "SECRET" in e.get("name", "")]
+
+
+def test_parameters_have_descriptions_and_required_dataset(compiled):
+    _, docs = compiled
+    params = docs["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert {"dataset_uri", "train_epochs", "train_batch_size", "train_learning_rate", "train_loss", "train_optimizer",
+            "train_lr_schedule", "train_augment", "split_train_ratio", "split_seed", "model_threshold", "model_name"} <= set(params)
+    assert all(p.get("description") for p in params.values())
+    assert "defaultValue" not in params["dataset_uri"]
+
+
+def test_caching_never_serves_stale_data(compiled):
+    _, docs = compiled
+    dag = dag_tasks(docs["spec"])
+    for name in ("dataset-fingerprint", "start-tracking", "register-model", "end-tracking"):
+        assert dag[name]["cachingOptions"].get("enableCache", False) is False, name
+    # the statistics step is keyed on the content fingerprint computed at run time
+    fingerprint_input = dag["dataset-statistics"]["inputs"]["parameters"]["fingerprint"]
+    assert fingerprint_input["taskOutputParameter"]["producerTask"] == "dataset-fingerprint"
+    for name in STAGE_TASKS:
+        assert dag[name]["cachingOptions"]["enableCache"] is True
+
+
+def test_storage_steps_retry_with_backoff(compiled):
+    _, docs = compiled
+    dag = dag_tasks(docs["spec"])
+    for name in pipeline.STORAGE_STAGES:
+        policy = dag[name]["retryPolicy"]
+        assert policy["maxRetryCount"] == 3 and policy["backoffFactor"] == 2.0

@@ -1,0 +1,223 @@
+"""``python pipeline.py --submit`` against a local server that speaks KFP's v2beta1 REST routes.
+
+No KFP backend can run here; :mod:`tests.kfp_api_server` answers the routes ``kfp.Client`` (kfp 2.17)
+calls and records every request, so these tests assert what the client sent: the uploaded YAML is
+the compiled pipeline, the pipeline is created once and then gets new versions, the run's and the
+recurring run's bodies (parameters, cron, mode, max concurrency, catch-up, version reference), the
+credentials header, and that the server's errors and an unreachable host reach the user as one
+clear line (no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pipeline
+import pytest
+import yaml
+
+from tests.support.cli import error_line
+from tests.support.kfp_api_server import API, KfpApiServer
+from tests.support.paths import REPO
+
+DATASET = "s3://b/data/"
+#: Non-default cluster flags: proves that --submit compiles with the cluster flags it is given.
+CLUSTER_FLAGS = ["--image", "registry.example/campseg:test", "--accelerator-count", "2"]
+CLUSTER_SETTINGS = pipeline.ClusterSettings(image="registry.example/campseg:test", accelerator_count=2)
+
+pytestmark = pytest.mark.filterwarnings("ignore:This client only works:FutureWarning")
+
+
+@pytest.fixture
+def kfp_server():
+    with KfpApiServer() as server:
+        yield server
+        assert not server.unknown, f"the client used routes the test server does not know: {server.summary()}"
+
+
+@pytest.fixture
+def clean_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """The environment of a user with no KFP settings (no endpoint, no token, fresh HOME)."""
+    for name in list(os.environ):
+        if name.startswith("KF_PIPELINES"):
+            monkeypatch.delenv(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KF_PIPELINES")}
+    env["HOME"] = str(tmp_path / "home")  # kfp.Client reads ~/.config/kfp/context.json
+    return env
+
+
+def submit_cli(server_url: str, *args: str, env: dict[str, str], timeout: int = 60) -> subprocess.CompletedProcess:
+    """``python pipeline.py --submit --host URL ARGS`` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "pipeline.py", "--submit", "--host", server_url, *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def compiled_docs(tmp_path: Path, settings: pipeline.ClusterSettings) -> list:
+    """The documents of the YAML that ``--compile`` writes with these settings."""
+    path = pipeline.compile_pipeline(tmp_path / "expected.yaml", settings)
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+def uploaded_docs(request) -> list:
+    part = request.parts["uploadfile"]
+    assert part.filename and part.filename.endswith(".yaml"), part.filename
+    return list(yaml.safe_load_all(part.text))
+
+
+def test_submit_uploads_the_compiled_pipeline_then_new_versions_and_starts_runs(kfp_server, clean_env, tmp_path):
+    expected = compiled_docs(tmp_path, CLUSTER_SETTINGS)
+    args = ["--dataset-uri", DATASET, "--train-epochs", "7", "--experiment", "exp1", *CLUSTER_FLAGS]
+
+    first = submit_cli(kfp_server.url, *args, "--version-name", "v1", env=clean_env)
+    assert first.returncode == 0, first.stderr
+    routes = [(r.method, r.path) for r in kfp_server.requests]
+    assert routes == [
+        ("GET", f"{API}/healthz"),
+        ("GET", f"{API}/pipelines"),                  # get_pipeline_id: not there yet
+        ("POST", f"{API}/pipelines/upload"),          # so the first submission creates the pipeline
+        ("POST", f"{API}/pipelines/upload_version"),  # and uploads this submission's version
+        ("GET", f"{API}/experiments"),
+        ("POST", f"{API}/experiments"),
+        ("POST", f"{API}/runs"),
+    ], kfp_server.summary()
+    assert all(r.status == 200 for r in kfp_server.requests), kfp_server.summary()
+
+    lookup = kfp_server.call("GET", f"{API}/pipelines")
+    assert json.loads(lookup.q("filter"))["predicates"] == [
+        {"operation": 1, "key": "display_name", "stringValue": pipeline.PIPELINE_NAME}]
+    upload = kfp_server.call("POST", f"{API}/pipelines/upload")
+    assert upload.q("name") == pipeline.PIPELINE_NAME
+    assert upload.header("Content-Type").startswith("multipart/form-data")
+    assert uploaded_docs(upload) == expected
+    (pipeline_id,) = kfp_server.pipelines
+    version_upload = kfp_server.call("POST", f"{API}/pipelines/upload_version")
+    assert version_upload.q("pipelineid") == pipeline_id and version_upload.q("name") == "v1"
+    assert uploaded_docs(version_upload) == expected  # the spec the run uses is the compiled YAML
+    version_id = next(v["pipeline_version_id"] for v in kfp_server.versions.values() if v["display_name"] == "v1")
+
+    assert kfp_server.call("POST", f"{API}/experiments").json["display_name"] == "exp1"
+    (experiment_id,) = kfp_server.experiments
+    run = kfp_server.call("POST", f"{API}/runs").json
+    assert run["experiment_id"] == experiment_id
+    assert run["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": version_id}
+    assert "pipeline_spec" not in run  # the run refers to the uploaded version, it does not inline a spec
+    assert run["runtime_config"]["parameters"] == {"dataset_uri": DATASET, "train_epochs": 7}
+    assert run["display_name"] == f"{pipeline.PIPELINE_NAME}-v1"
+    (run_id,) = kfp_server.runs
+    assert f"Created run {run_id}" in first.stdout and "version v1" in first.stdout
+
+    # Second submission: the pipeline is found by name, only a version is uploaded; the experiment is reused.
+    kfp_server.reset()
+    second = submit_cli(kfp_server.url, *args, "--version-name", "v2", env=clean_env)
+    assert second.returncode == 0, second.stderr
+    assert not kfp_server.calls("POST", f"{API}/pipelines/upload")
+    assert not kfp_server.calls("POST", f"{API}/experiments")
+    assert list(kfp_server.pipelines) == [pipeline_id]
+    version_upload = kfp_server.call("POST", f"{API}/pipelines/upload_version")
+    assert version_upload.q("pipelineid") == pipeline_id and version_upload.q("name") == "v2"
+    assert uploaded_docs(version_upload) == expected
+    v2_id = next(v["pipeline_version_id"] for v in kfp_server.versions.values() if v["display_name"] == "v2")
+    run = kfp_server.call("POST", f"{API}/runs").json
+    assert run["experiment_id"] == experiment_id
+    assert run["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": v2_id}
+
+
+def test_schedule_creates_an_enabled_recurring_run_without_catchup(kfp_server, clean_env, tmp_path, capsys):
+    code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--train-epochs", "7",
+                          "--experiment", "nightly", "--version-name", "v3", "--schedule", "0 0 3 * * *"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert not kfp_server.calls("POST", f"{API}/runs")  # a schedule, not a one-off run
+    body = kfp_server.call("POST", f"{API}/recurringruns").json
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+    assert body["mode"] == "ENABLE"
+    assert int(body["max_concurrency"]) == 1
+    assert body["no_catchup"] is True
+    (pipeline_id,) = kfp_server.pipelines
+    version = next(v for v in kfp_server.versions.values() if v["display_name"] == "v3")
+    assert body["pipeline_version_reference"] == {"pipeline_id": pipeline_id,
+                                                  "pipeline_version_id": version["pipeline_version_id"]}
+    assert body["runtime_config"]["parameters"] == {"dataset_uri": DATASET, "train_epochs": 7}
+    assert body["experiment_id"] == next(iter(kfp_server.experiments))
+    assert body["display_name"] == f"{pipeline.PIPELINE_NAME}-v3"
+    (recurring_id,) = kfp_server.recurring_runs
+    assert kfp_server.recurring_runs[recurring_id]["status"] == "ENABLED"
+    assert f"Created recurring run {recurring_id}" in out
+    # in-process too, the uploaded spec is the compiled YAML with the default cluster settings
+    upload = kfp_server.call("POST", f"{API}/pipelines/upload_version")
+    assert uploaded_docs(upload) == compiled_docs(tmp_path, pipeline.ClusterSettings())
+
+
+def test_five_field_cron_is_rejected_before_contacting_the_server(kfp_server, clean_env):
+    proc = submit_cli(kfp_server.url, "--dataset-uri", DATASET, "--schedule", "0 3 * * *", env=clean_env)
+    error_line(proc, "5 fields", "'0 0 3 * * *'")
+    assert kfp_server.requests == []
+
+
+@pytest.mark.parametrize("method, path, status, message", [
+    ("POST", f"{API}/runs", 400, "invalid parameter train_epochs"),
+    ("POST", f"{API}/pipelines/upload_version", 500, "Failed to create a pipeline version: internal error"),
+])
+def test_server_errors_reach_the_user(kfp_server, clean_env, capsys, method, path, status, message):
+    kfp_server.fail(method, path, status, {"error": message, "code": 3 if status == 400 else 13, "message": message,
+                                           "details": []})
+    code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--train-epochs", "7"])
+    out, err = capsys.readouterr()
+    assert code != 0
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert f"({status} " in line and message in line, line
+    assert "Created run" not in out
+    assert kfp_server.calls(method, path)[-1].status == status
+
+
+def test_server_error_from_the_cli_on_a_schedule(kfp_server, clean_env):
+    kfp_server.fail("POST", f"{API}/recurringruns", 400,
+                    {"error": "bad cron", "code": 3, "message": "invalid cron schedule: expected exactly 6 fields"})
+    proc = submit_cli(kfp_server.url, "--dataset-uri", DATASET, "--schedule", "0 0 3 * * *",
+                      "--version-name", "v1", env=clean_env)
+    error_line(proc, "400", "invalid cron schedule: expected exactly 6 fields")
+    assert kfp_server.calls("POST", f"{API}/recurringruns")[-1].status == 400
+
+
+def test_unreachable_host_is_a_clear_error(clean_env):
+    with KfpApiServer() as gone:
+        url = gone.url  # a port that was free a moment ago and is closed now
+    proc = submit_cli(url, "--dataset-uri", DATASET, env=clean_env)
+    error_line(proc, "cannot reach the KFP server", url)
+
+
+def test_credentials_come_from_the_environment_and_stay_secret(kfp_server, clean_env, tmp_path):
+    token = "kfp-test-" + secrets.token_urlsafe(24)
+    aws_secret = "aws-test-" + secrets.token_urlsafe(24)
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    env = {**clean_env, "KF_PIPELINES_SA_TOKEN_PATH": str(token_file), "AWS_SECRET_ACCESS_KEY": aws_secret}
+    argv = ["--dataset-uri", DATASET, "--version-name", "v1"]
+    proc = submit_cli(kfp_server.url, *argv, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert kfp_server.requests
+    for request in kfp_server.requests:
+        assert request.header("Authorization") == f"Bearer {token}", (request.method, request.path)
+        assert aws_secret.encode() not in request.raw_body, (request.method, request.path)  # nor in the YAML or params
+    assert token not in " ".join(argv) and token not in proc.stdout and token not in proc.stderr
+    assert aws_secret not in proc.stdout and aws_secret not in proc.stderr
+    run = kfp_server.call("POST", f"{API}/runs").json
+    assert set(run["runtime_config"]["parameters"]) == {"dataset_uri"}
+
+
+def test_without_a_token_no_authorization_header_is_sent(kfp_server, clean_env, capsys):
+    assert pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET]) == 0
+    assert all(r.header("Authorization") is None for r in kfp_server.requests)
+
+
+def test_service_account_reaches_the_run(kfp_server, clean_env, capsys):
+    code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET,
+                          "--service-account", "campseg-pipeline-runner", "--version-name", "sa1"])
+    assert code == 0, capsys.readouterr().err
+    assert kfp_server.call("POST", f"{API}/runs").json["service_account"] == "campseg-pipeline-runner"

@@ -1,0 +1,42 @@
+"""Smoke test of benchmarks/benchmark.py: the quick run finishes and reports every figure.
+
+Not a timed test: it checks that each figure is there and is a sensible number, not its value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from tests.support.paths import REPO
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/benchmark.py", "--quick", "--json", str(out),
+         "--cache", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    figures = results["figures"]
+    expected = {
+        "train_default_images_per_second", "train_seed_baseline_images_per_second",
+        "train_speed_ratio_default_over_baseline", "test_iou_default", "test_iou_seed_baseline",
+        "inference_pytorch_eager_ms_per_chip", "inference_onnxruntime_ms_per_chip",
+        "inference_eager_over_onnx_ratio", "stats_import_only_peak_rss_mib",
+    }
+    assert expected <= set(figures)
+    assert sum(k.startswith("stats_") and k.endswith("_chips_seconds") for k in figures) == 2
+    assert sum(k.startswith("stats_") and k.endswith("_chips_peak_rss_mib") for k in figures) == 2
+    for key, value in figures.items():
+        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+        if key.startswith("test_iou_"):
+            # Two epochs on a few tiny chips may well predict all background: IoU 0 is valid.
+            assert 0.0 <= value <= 1.0, (key, value)
+        else:
+            assert value > 0, (key, value)
+    assert "train_speed_ratio_default_over_baseline" in proc.stdout  # the table and JSON print

@@ -1,0 +1,348 @@
+"""MLflow tracking and registry (components.tracking) against a real MLflow server.
+
+The server (tests.server_fixtures.mlflow_server) keeps its runs in PostgreSQL and its artifacts
+in a SeaweedFS bucket; the tests query MLflow's API and the bucket directly. Two tests need no
+server: an unreachable URI, and the embedded SQLite store of a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from components import tracking
+from components.contracts.errors import PipelineInputError, TrackingError
+
+pytestmark = pytest.mark.integration
+
+PARAMS = {"architecture": "unet", "learning_rate": 0.003, "epochs": 15, "pipeline": {"margin": 0.0}}
+
+
+def _read(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def publish(uri: str, run_dir: Path, model_name: str, *, experiment: str, kfp_run_id: str | None = None,
+            margin: float = 0.0) -> dict:
+    """Every tracking step of one pipeline run, in pipeline order."""
+    tracking.check_tracking_server(uri)
+    config = _read(run_dir / "train_config.json")
+    run_id = tracking.start_pipeline_run(uri, experiment, f"run-{secrets.token_hex(3)}",
+                                         kfp_run_id or f"kfp-{secrets.token_hex(6)}",
+                                         {**config, "pipeline": {"margin": margin}}, None)
+    tracking.log_dataset(uri, run_id, _read(run_dir / "stats.json"))
+    tracking.log_history(uri, run_id, _read(run_dir / "training_history.json"))
+    tracking.log_run_artifacts(uri, run_id, run_dir)
+    version = tracking.register_model(uri, run_id, model_name, run_dir)
+    decision = tracking.promote_if_better(uri, model_name, version, "iou", margin)
+    tracking.end_run(uri, run_id, "FINISHED")
+    return {"run_id": run_id, "version": version, "decision": decision}
+
+
+def copy_with_iou(trained_run: Path, tmp_path: Path, iou: float, name: str) -> Path:
+    """A copy of the trained run whose evaluation says ``iou`` (what the promotion reads)."""
+    run_dir = tmp_path / name
+    shutil.copytree(trained_run, run_dir)
+    metrics = _read(run_dir / "evaluation" / "metrics.json")
+    metrics["iou"] = iou
+    (run_dir / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def model_name() -> str:
+    return "campseg-" + secrets.token_hex(4)
+
+
+@pytest.fixture(scope="module")
+def first(mlflow_server, trained_run, model_name) -> dict:
+    """The trained run published to the server: the model's first version."""
+    return publish(mlflow_server.tracking_uri, trained_run, model_name, experiment="campseg-tests",
+                   kfp_run_id="kfp-first-" + secrets.token_hex(4))
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(mlflow_server.tracking_uri, registry_uri=mlflow_server.tracking_uri)
+
+
+# ------------------------------------------------------------------------------------------
+# One published run
+# ------------------------------------------------------------------------------------------
+def test_params_tags_and_dataset_input(first, client, trained_run):
+    run = client.get_run(first["run_id"])
+    params, tags = run.data.params, run.data.tags
+    config = _read(trained_run / "train_config.json")
+    for key, value in config.items():
+        assert params[key] == str(value), key
+    assert params["pipeline.margin"] == "0.0"
+    stats = _read(trained_run / "stats.json")
+    assert params["dataset.uri"] == stats["dataset_uri"]
+    assert params["dataset.preprocessing.image_size"] == str(stats["preprocessing"]["image_size"])
+    assert tags["kfp.run_id"].startswith("kfp-first-")
+    for key in ("platform", "python", "torch", "lightning", "cpu_count", "memory_gb", "gpu_count"):
+        assert tags[f"system.{key}"], key
+    assert run.data.metrics["dataset.counts.test"] == stats["counts"]["test"]
+    # the dataset as an input: its URI as source and its content fingerprint as digest
+    (dataset_input,) = run.inputs.dataset_inputs
+    ds = dataset_input.dataset
+    assert json.loads(ds.source)["uri"] == stats["dataset_uri"]
+    fingerprint = params["dataset.fingerprint"]
+    assert fingerprint.startswith("sha256:")
+    assert ds.digest == fingerprint.removeprefix("sha256:")[:36]
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert run.info.status == "FINISHED"
+
+
+def test_metric_history_has_one_point_per_epoch(first, client, trained_run, mlflow_server):
+    history = _read(trained_run / "training_history.json")
+    epochs = [row["epoch"] for row in history["epochs"]]
+    for key in ("val_iou", "val_loss", "train_loss", "train_iou", "lr"):
+        points = client.get_metric_history(first["run_id"], key)
+        assert sorted(p.step for p in points) == epochs, key
+    val_iou = {p.step: p.value for p in client.get_metric_history(first["run_id"], "val_iou")}
+    assert val_iou == pytest.approx({r["epoch"]: r["val_iou"] for r in history["epochs"]})
+    metrics = client.get_run(first["run_id"]).data.metrics
+    best = max(history["epochs"], key=lambda r: r["val_iou"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["best_val_iou"] == pytest.approx(best["val_iou"])
+    assert metrics["best_val_loss"] == pytest.approx(best["val_loss"])
+    evaluation = _read(trained_run / "evaluation" / "metrics.json")
+    for key in ("iou", "f1", "precision", "recall", "accuracy"):
+        assert metrics[f"test_{key}"] == pytest.approx(evaluation[key])
+    # logging the history again (a retried step) adds no point
+    tracking.log_history(mlflow_server.tracking_uri, first["run_id"], history)
+    assert len(client.get_metric_history(first["run_id"], "val_iou")) == len(epochs)
+
+
+def test_artifacts_are_in_the_bucket_with_local_sizes(first, client, mlflow_server, s3_server, trained_run):
+    run = client.get_run(first["run_id"])
+    # proxied artifacts: mlflow-artifacts:/<exp>/<run>/artifacts -> s3://<bucket>/mlflow/<exp>/...
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    prefix = "mlflow/" + run.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/") + "/"
+    s3 = s3_server.client()
+    listed: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=mlflow_server.bucket, Prefix=prefix):
+        listed |= {o["Key"][len(prefix):]: o["Size"] for o in page.get("Contents", [])}
+    expected = tracking.run_artifacts(trained_run)
+    for required in ("models/model.onnx", "models/model.pt", "models/model.pth", "models/export_report.json",
+                     "metadata/stac_item.json", "metadata/stats.json", "checkpoints/best.ckpt",
+                     "evaluation/metrics.json", "evaluation/confusion_matrix.png"):
+        assert required in expected, required
+    assert any(k.startswith("evaluation/overlays/") for k in expected)
+    assert any(k.startswith("esri/") and k.endswith(".dlpk") for k in expected)
+    for key, local in expected.items():
+        assert key in listed, f"{key} missing under s3://{mlflow_server.bucket}/{prefix}"
+        assert listed[key] == local.stat().st_size, key
+    assert client.get_run(first["run_id"]).data.tags["campseg.artifacts_logged"] == "true"
+
+
+def test_registered_version_has_signature_example_and_stac_item(first, client, model_name, mlflow_server, trained_run):
+    import mlflow
+
+    version = client.get_model_version(model_name, first["version"])
+    assert version.run_id == first["run_id"]
+    uri = f"models:/{model_name}/{first['version']}"
+    with tracking._global_uri(mlflow_server.tracking_uri):
+        info = mlflow.models.get_model_info(uri)
+        stac = mlflow.artifacts.download_artifacts(f"{uri}/extra_files/stac_item.json")
+        example = mlflow.artifacts.download_artifacts(f"{uri}/input_example.json")
+    size = _read(trained_run / "stats.json")["preprocessing"]["image_size"]
+    (inp,) = info.signature.inputs.inputs
+    (out,) = info.signature.outputs.inputs
+    assert (inp.name, str(inp.type), inp.shape) == ("input", "float32", (-1, 3, size, size))
+    assert (out.name, str(out.type), out.shape) == ("probabilities", "float32", (-1, 1, size, size))
+    assert "onnx" in info.flavors
+    assert Path(example).stat().st_size > 0
+    assert _read(stac) == _read(trained_run / "metadata" / "stac_item.json")
+    tags = version.tags
+    assert float(tags["metric.iou"]) == pytest.approx(_read(trained_run / "evaluation" / "metrics.json")["iou"])
+    assert tags["test_split_id"] == tracking.compute_test_split_id(trained_run)
+
+
+# ------------------------------------------------------------------------------------------
+# Champion
+# ------------------------------------------------------------------------------------------
+def test_champion_moves_only_for_a_better_version(first, client, model_name, mlflow_server, trained_run, tmp_path):
+    uri = mlflow_server.tracking_uri
+    assert first["decision"]["decision"] == "promoted"
+    assert first["decision"]["rule"] == "first_champion"
+    assert client.get_model_version_by_alias(model_name, "champion").version == first["version"]
+    first_iou = float(client.get_model_version(model_name, first["version"]).tags["metric.iou"])
+
+    worse = publish(uri, copy_with_iou(trained_run, tmp_path, first_iou - 0.2, "worse"), model_name,
+                    experiment="campseg-tests")
+    assert worse["version"] != first["version"]
+    assert worse["decision"]["decision"] == "not_promoted"
+    assert worse["decision"]["rule"] == "not_better"
+    assert client.get_model_version_by_alias(model_name, "champion").version == first["version"]
+    for tags in (client.get_model_version(model_name, worse["version"]).tags,
+                 client.get_run(worse["run_id"]).data.tags):
+        assert tags["promotion.decision"] == "not_promoted"
+        assert f"v{first['version']}" in tags["promotion.reason"]
+        assert "does not beat" in tags["promotion.reason"]
+
+    # better, but not by the margin: stays
+    close = publish(uri, copy_with_iou(trained_run, tmp_path, min(first_iou + 0.01, 1.0), "close"), model_name,
+                    experiment="campseg-tests", margin=0.05)
+    assert close["decision"]["decision"] == "not_promoted"
+    assert client.get_model_version_by_alias(model_name, "champion").version == first["version"]
+
+    better = publish(uri, copy_with_iou(trained_run, tmp_path, first_iou + 0.05, "better"), model_name,
+                     experiment="campseg-tests")
+    assert better["decision"]["decision"] == "promoted"
+    assert better["decision"]["rule"] == "better"
+    assert better["decision"]["previous_champion_version"] == first["version"]
+    assert client.get_model_version_by_alias(model_name, "champion").version == better["version"]
+    tags = client.get_run(better["run_id"]).data.tags
+    assert tags["promotion.decision"] == "promoted"
+    assert "beats champion" in tags["promotion.reason"]
+
+
+def test_champion_on_another_test_split_is_kept_unless_reevaluated(mlflow_server, trained_run, tmp_path, client):
+    uri = mlflow_server.tracking_uri
+    name = "campseg-split-" + secrets.token_hex(4)
+    first = publish(uri, trained_run, name, experiment="campseg-tests")
+    other = copy_with_iou(trained_run, tmp_path, 0.99, "other-split")
+    stats = _read(other / "stats.json")
+    stats["fingerprint"] = "sha256:" + "0" * 64  # another dataset content: another test split
+    (other / "stats.json").write_text(json.dumps(stats))
+    assert tracking.compute_test_split_id(other) != tracking.compute_test_split_id(trained_run)
+    second = publish(uri, other, name, experiment="campseg-tests")
+    decision = second["decision"]
+    assert (decision["decision"], decision["rule"]) == ("not_promoted", "incomparable")
+    assert "not comparable" in decision["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == first["version"]
+    # with the champion re-evaluated on the new split, the scores are compared
+    again = tracking.promote_if_better(uri, name, second["version"], "iou", 0.0, champion_score_on_split=0.5)
+    assert (again["decision"], again["rule"]) == ("promoted", "better")
+    assert client.get_model_version_by_alias(name, "champion").version == second["version"]
+
+
+# ------------------------------------------------------------------------------------------
+# Nothing half-published, run lifecycle
+# ------------------------------------------------------------------------------------------
+def test_no_version_before_all_artifacts_are_logged(mlflow_server, trained_run, client):
+    uri = mlflow_server.tracking_uri
+    name = "campseg-early-" + secrets.token_hex(4)
+    run_id = tracking.start_pipeline_run(uri, "campseg-tests", "early", None, PARAMS, None)
+    with pytest.raises(TrackingError, match="log_run_artifacts"):
+        tracking.register_model(uri, run_id, name, trained_run)
+    assert client.search_model_versions(f"name = '{name}'") == []
+    tracking.end_run(uri, run_id, "FAILED", reason="registration refused")
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["campseg.end_reason"] == "registration refused"
+
+
+def test_end_run_failed_is_visible_and_runs_are_reused(mlflow_server, client):
+    uri = mlflow_server.tracking_uri
+    kfp_id = "kfp-" + secrets.token_hex(6)
+    run_id = tracking.start_pipeline_run(uri, "campseg-tests", "fails", kfp_id, PARAMS, None)
+    # a retried first step of the same KFP run logs into the same run
+    assert tracking.start_pipeline_run(uri, "campseg-tests", "fails", kfp_id, PARAMS, None) == run_id
+    # a run injected by KFP's MLflow plugin (MLFLOW_RUN_ID) is used as is
+    injected = client.create_run(client.get_experiment_by_name("campseg-tests").experiment_id).info.run_id
+    assert tracking.start_pipeline_run(uri, "campseg-tests", "x", "kfp-y", PARAMS, injected) == injected
+    assert client.get_run(injected).data.tags["kfp.run_id"] == "kfp-y"
+    assert client.get_run(run_id).info.status == "RUNNING"
+    tracking.end_run(uri, run_id, "FAILED")
+    assert client.get_run(run_id).info.status == "FAILED"
+    with pytest.raises(TrackingError, match="FAILED"):
+        tracking.start_pipeline_run(uri, "campseg-tests", "x", kfp_id, PARAMS, run_id)
+    with pytest.raises(TrackingError, match="status"):
+        tracking.end_run(uri, injected, "DONE")  # type: ignore[arg-type]
+    tracking.end_run(uri, None, "FAILED")  # no run yet: nothing to do
+
+
+# ------------------------------------------------------------------------------------------
+# No server
+# ------------------------------------------------------------------------------------------
+def test_unreachable_tracking_server_fails_fast_naming_the_uri():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable") as err:
+        tracking.check_tracking_server(refused)
+    assert refused in str(err.value)
+    assert isinstance(err.value, PipelineInputError)
+    assert time.monotonic() - t0 < 15
+
+    # a server that accepts connections and never answers: the timeout, not MLflow's retries
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://user:secret@127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(TrackingError) as err:
+            tracking.check_tracking_server(uri)
+        assert time.monotonic() - t0 < 15
+        assert f"127.0.0.1:{silent.getsockname()[1]}" in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+def test_local_sqlite_store_without_server(trained_run, tmp_path, monkeypatch):
+    import lightning as L
+    import torch
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    uri = tracking.tracking_uri_from_env(out)
+    assert uri == f"sqlite:///{out.resolve()}/mlflow.db"
+    assert tracking.tracking_uri_from_env(out, env={"MLFLOW_TRACKING_URI": "http://x:5000"}) == "http://x:5000"
+    result = publish(uri, trained_run, "campseg-local", experiment="campseg-local")
+    client = MlflowClient(uri, registry_uri=uri)
+    assert result["decision"]["decision"] == "promoted"
+    assert str(client.get_model_version_by_alias("campseg-local", "champion").version) == result["version"] == "1"
+    artifact_uri = client.get_run(result["run_id"]).info.artifact_uri
+    assert artifact_uri.startswith((out / "mlartifacts").resolve().as_uri())
+    assert (out / "mlartifacts" / result["run_id"] / "artifacts" / "models" / "model.onnx").is_file()
+    assert not (tmp_path / "mlruns").exists()  # nothing in the working directory
+
+    # the Lightning callback: one point per epoch, live
+    run_id = tracking.start_pipeline_run(uri, "campseg-local", "callback", None, PARAMS, None)
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train_loss", loss, on_epoch=True, on_step=False)
+            self.log("lr", 0.1, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+            self.log("val_iou", float(self.current_epoch) / 10)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    logger = tracking.MlflowEpochLogger(uri, run_id)
+    L.Trainer(max_epochs=3, callbacks=[logger], logger=False, enable_progress_bar=False,
+              enable_checkpointing=False, enable_model_summary=False,
+              num_sanity_val_steps=0).fit(Tiny(), data, data)
+    assert logger.failures == 0
+    for key in ("train_loss", "val_loss", "val_iou", "lr"):
+        assert [p.step for p in client.get_metric_history(run_id, key)] == [0, 1, 2], key
+    run = client.get_run(run_id)
+    assert run.data.metrics["best_epoch"] == 2
+    assert run.data.tags["system.train.python"]
+    # log_history afterwards fills nothing twice
+    tracking.log_history(uri, run_id, logger.rows)
+    assert len(client.get_metric_history(run_id, "val_iou")) == 3
+    tracking.end_run(uri, run_id, "FINISHED")
