@@ -235,7 +235,7 @@ def compile_pipeline(output: Path, settings: ClusterSettings = ClusterSettings()
 #: Lighter defaults of ``--run-local`` on a laptop (the compiled pipeline keeps the cluster ones).
 LOCAL_DEFAULTS = {"train_epochs": 15, "train_batch_size": 8, "train_patience": 6}
 #: Which task output holds which artifact kind of the run folder (components.kfp_steps).
-OUTPUT_KINDS = {("dataset-statistics", "prepared"): "prepared", ("train-model", "trained"): "training",
+OUTPUT_KINDS = {("dataset-statistics", "prepared"): "statistics", ("train-model", "trained"): "training",
                 ("export-model", "exported"): "models", ("evaluate-model", "evaluation"): "evaluation",
                 ("package-dlpk", "dlpk"): "dlpk", ("generate-stac-item", "stac_item"): "stac"}
 _KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": None}

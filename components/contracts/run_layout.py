@@ -1,9 +1,11 @@
 """Where each stage reads and writes inside a run folder: the contract between stages.
 
 A run folder is self-describing: every stage reads what earlier stages wrote here and can be
-re-run alone. ``summary.json`` maps the public artifact keys to paths relative to the folder.
-Files are written to a temporary name and renamed into place, so a failed stage never leaves a
-file that looks final.
+re-run alone. :data:`ARTIFACTS` is the one table of what each stage produces: the KFP output of
+that name carries exactly these files, MLflow logs them under the same relative paths, and
+publishing uploads them. ``summary.json`` maps the public artifact keys to paths relative to the
+folder. Files are written to a temporary name and renamed into place, so a failed stage never
+leaves a file that looks final.
 """
 
 from __future__ import annotations
@@ -17,6 +19,31 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from components.contracts.errors import RunFolderError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What one stage produces: its name (the KFP output's too) and its files in the run folder."""
+
+    name: str
+    stage: str
+    files: tuple[str, ...]  # relative paths; folders end with "/"
+    description: str
+
+
+#: Every artifact of a run, in pipeline order. Adding a file to a folder listed here needs no
+#: change anywhere else: KFP outputs, MLflow and publishing copy whole folders.
+ARTIFACTS: tuple[Artifact, ...] = (
+    Artifact("statistics", "stats", ("stats.json", "dataset_manifest.json"),
+             "dataset statistics and preprocessing; validated pairs with their group and split"),
+    Artifact("training", "train", ("checkpoints/", "train_config.json", "training_history.json"),
+             "best Lightning checkpoint, hyperparameters, per-epoch metrics"),
+    Artifact("models", "export", ("models/",), "state dict, TorchScript, ONNX and the export report"),
+    Artifact("evaluation", "evaluate", ("evaluation/",), "test metrics, confusion matrix, overlays"),
+    Artifact("dlpk", "dlpk", ("esri/",), "the Esri deep learning package"),
+    Artifact("stac", "stac", ("metadata/",), "the STAC item with the MLM extension"),
+)
+ARTIFACT_FILES: dict[str, tuple[str, ...]] = {a.name: a.files for a in ARTIFACTS}
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def generate_stac_item(
     """Describe the evaluated model as a STAC item with the MLM extension, validated offline."""
     from components.kubeflow.steps import run_stac
 
-    artifacts = dict(prepared=prepared.path, training=trained.path, models=exported.path,
+    artifacts = dict(statistics=prepared.path, training=trained.path, models=exported.path,
                      evaluation=evaluation.path, dlpk=dlpk.path)
     item = run_stac(artifacts, stac_item.path, model_name)
     stac_item.metadata.update({"id": item["id"], "file": "metadata/stac_item.json", "stac_version": item["stac_version"]})
@@ -191,7 +191,7 @@ def register_model(
     """Log the run to MLflow, register a model version, publish it, and move `champion` if better."""
     from components.kubeflow.steps import register_and_promote
 
-    artifacts = dict(prepared=prepared.path, training=trained.path, models=exported.path,
+    artifacts = dict(statistics=prepared.path, training=trained.path, models=exported.path,
                      evaluation=evaluation.path, dlpk=dlpk.path, stac=stac_item.path)
     result = register_and_promote(artifacts, dataset_uri, mlflow_run_id, model_name, promotion_metric,
                                   promotion_margin, publish_uri)

@@ -1,7 +1,7 @@
 """The glue between KFP artifacts and the stage logic: plain functions, testable without KFP.
 
 Each KFP component body calls one function here. An artifact is a folder holding its stage's part
-of a run folder (``docs/artifacts.md``): the prepared dataset holds ``stats.json`` and the
+of a run folder (``docs/artifacts.md``): the statistics artifact holds ``stats.json`` and the
 manifest, the training artifact ``checkpoints/`` and the history, and so on. A step assembles a
 scratch run folder from its input artifacts, runs the stage, and copies what the stage wrote into
 its output artifact. Data reaches a step from ``dataset_uri`` itself (a local folder, or an S3
@@ -20,17 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from components.contracts.errors import DatasetError
-from components.contracts.run_layout import RunLayout, read_json
-
-#: Which files of a run folder each artifact carries (relative paths, folders end with "/").
-ARTIFACT_CONTENTS: dict[str, tuple[str, ...]] = {
-    "prepared": ("stats.json", "dataset_manifest.json"),
-    "training": ("checkpoints/", "train_config.json", "training_history.json"),
-    "models": ("models/",),
-    "evaluation": ("evaluation/",),
-    "dlpk": ("esri/",),
-    "stac": ("metadata/",),
-}
+from components.contracts.run_layout import ARTIFACT_FILES, RunLayout, read_json
 
 
 def scratch_dir() -> Path:
@@ -68,7 +58,7 @@ def assemble(run_dir: Path, **artifacts: str | os.PathLike | None) -> RunLayout:
     for name, path in artifacts.items():
         if path is None:
             continue
-        if name not in ARTIFACT_CONTENTS:
+        if name not in ARTIFACT_FILES:
             raise ValueError(f"unknown artifact kind {name!r}")
         src = Path(path)
         for source in sorted(src.rglob("*")):
@@ -86,7 +76,7 @@ def collect(layout: RunLayout, kind: str, artifact_dir: str | os.PathLike) -> No
     """Copy the files of artifact ``kind`` from the run folder into the output artifact folder."""
     out = Path(artifact_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for entry in ARTIFACT_CONTENTS[kind]:
+    for entry in ARTIFACT_FILES[kind]:
         source = layout.root / entry
         if entry.endswith("/"):
             shutil.copytree(source, out / entry, dirs_exist_ok=True)
@@ -113,8 +103,8 @@ def staged_run(dataset_uri: str | None = None, fingerprint: str | None = None,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_stats(dataset_uri: str, fingerprint: str, prepared_dir: str, params: Mapping[str, Any]) -> dict:
-    """Statistics stage into the ``prepared`` artifact."""
+def run_stats(dataset_uri: str, fingerprint: str, statistics_dir: str, params: Mapping[str, Any]) -> dict:
+    """Statistics stage into the ``statistics`` artifact."""
     from components.data.splits import SplitRatios
     from components.stages.stats import compute_statistics
 
@@ -124,46 +114,46 @@ def run_stats(dataset_uri: str, fingerprint: str, prepared_dir: str, params: Map
             SplitRatios(params["train_ratio"], params["val_ratio"], params["test_ratio"]),
             int(params["seed"]), float(params["threshold"]), dataset_uri=dataset_uri, fingerprint=fingerprint,
         )
-        collect(layout, "prepared", prepared_dir)
+        collect(layout, "statistics", statistics_dir)
         return stats
 
 
-def run_train(dataset_uri: str, prepared_dir: str, training_dir: str, config: Mapping[str, Any], callbacks=()) -> dict:
-    """Training stage from the ``prepared`` artifact into the ``training`` artifact."""
+def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: Mapping[str, Any], callbacks=()) -> dict:
+    """Training stage from the ``statistics`` artifact into the ``training`` artifact."""
     from components.contracts.config import TrainConfig
     from components.stages.train import train
 
-    with staged_run(dataset_uri, prepared=prepared_dir) as (layout, data):
+    with staged_run(dataset_uri, statistics=statistics_dir) as (layout, data):
         result = train(layout.root, TrainConfig.from_dict(config), data, callbacks=callbacks, progress_bar=True)
         collect(layout, "training", training_dir)
         return result
 
 
-def run_export(dataset_uri: str, prepared_dir: str, training_dir: str, models_dir: str) -> dict:
+def run_export(dataset_uri: str, statistics_dir: str, training_dir: str, models_dir: str) -> dict:
     """Export stage into the ``models`` artifact (parity on real chips of the test split)."""
     from components.stages.export import export_models
 
-    with staged_run(dataset_uri, prepared=prepared_dir, training=training_dir) as (layout, data):
+    with staged_run(dataset_uri, statistics=statistics_dir, training=training_dir) as (layout, data):
         report = export_models(layout.root, data)
         collect(layout, "models", models_dir)
         return report
 
 
-def run_evaluate(dataset_uri: str, prepared_dir: str, models_dir: str, evaluation_dir: str) -> dict:
+def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str) -> dict:
     """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact."""
     from components.stages.evaluate import evaluate_run
 
-    with staged_run(dataset_uri, prepared=prepared_dir, models=models_dir) as (layout, data):
+    with staged_run(dataset_uri, statistics=statistics_dir, models=models_dir) as (layout, data):
         metrics = evaluate_run(layout.root, data)
         collect(layout, "evaluation", evaluation_dir)
         return metrics
 
 
-def run_dlpk(prepared_dir: str, models_dir: str, dlpk_dir: str, model_name: str) -> Path:
+def run_dlpk(statistics_dir: str, models_dir: str, dlpk_dir: str, model_name: str) -> Path:
     """DLPK packaging into the ``dlpk`` artifact; returns the package's path inside it."""
     from components.stages.dlpk import package_dlpk
 
-    with staged_run(prepared=prepared_dir, models=models_dir) as (layout, _):
+    with staged_run(statistics=statistics_dir, models=models_dir) as (layout, _):
         package = package_dlpk(layout.root, model_name)
         collect(layout, "dlpk", dlpk_dir)
         return Path(dlpk_dir) / package.relative_to(layout.root)
@@ -185,8 +175,8 @@ def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dic
 
     layout = RunLayout(Path(out_dir))
     if layout.root.exists():
-        for kind in ARTIFACT_CONTENTS:
-            for entry in ARTIFACT_CONTENTS[kind]:
+        for kind in ARTIFACT_FILES:
+            for entry in ARTIFACT_FILES[kind]:
                 target = layout.root / entry
                 if target.is_dir():
                     shutil.rmtree(target)

@@ -7,19 +7,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryConfusionMatrix,
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-)
+from torchmetrics.classification import BinaryConfusionMatrix
 
 from components.contracts.preprocessing import Preprocessing
 from components.data.pairs import Pair, load_examples
 from components.ml.inference import batched, onnx_session, predict_probabilities
+from components.ml.metrics import metric_collection
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # raw chips (N, C, H, W) -> probabilities (N, H, W)
 
@@ -45,15 +38,7 @@ def score(pairs: Sequence[Pair], predictor: Predictor, prep: Preprocessing, batc
           keep: int = 0) -> tuple[dict, list[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]]:
     """Metrics over all pixels of ``pairs`` at the threshold; also returns ``keep`` examples."""
     t = prep.threshold
-    metrics = MetricCollection(
-        {
-            "iou": BinaryJaccardIndex(threshold=t),
-            "f1": BinaryF1Score(threshold=t),
-            "precision": BinaryPrecision(threshold=t),
-            "recall": BinaryRecall(threshold=t),
-            "accuracy": BinaryAccuracy(threshold=t),
-        }
-    )
+    metrics = metric_collection(t)
     confusion = BinaryConfusionMatrix(threshold=t)
     examples = []
     for batch in batched(pairs, batch_size):

@@ -12,17 +12,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-)
 
 from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
 from components.data.pairs import Pair, load_example
 from components.ml.losses import build_loss
+from components.ml.metrics import EpochListener, epoch_row, metric_collection
 from components.ml.networks import build_network
 
 
@@ -106,15 +101,7 @@ class SegmentationTask(L.LightningModule):
         self.criterion = build_loss(self.config.loss)
 
     def configure_metrics(self) -> None:
-        t = self.hparams.threshold
-        metrics = MetricCollection(
-            {
-                "iou": BinaryJaccardIndex(threshold=t),
-                "f1": BinaryF1Score(threshold=t),
-                "precision": BinaryPrecision(threshold=t),
-                "recall": BinaryRecall(threshold=t),
-            }
-        )
+        metrics = metric_collection(self.hparams.threshold)
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
@@ -166,22 +153,32 @@ class SegmentationTask(L.LightningModule):
 
 
 class HistoryCallback(Callback):
-    """Collect one row of epoch metrics (train/val loss and IoU, learning rate) per epoch."""
+    """Collect one row of epoch metrics (losses, metrics, learning rate) per epoch.
 
-    def __init__(self) -> None:
+    Each row also goes to every ``listener`` (:class:`~components.ml.metrics.EpochListener`), which
+    is how a tracker sees training live without depending on Lightning.
+    """
+
+    def __init__(self, listeners: Sequence[EpochListener] = ()) -> None:
         self.rows: list[dict[str, float]] = []
+        self.listeners = list(listeners)
         self.started = time.time()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for listener in self.listeners:
+            listener.fit_started()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        row = {"epoch": trainer.current_epoch}
-        for key, value in trainer.callback_metrics.items():
-            if key.endswith("_step"):
-                continue
-            row[key.removesuffix("_epoch")] = float(value)
-        row["seconds"] = time.time() - self.started
+        row = epoch_row(trainer.current_epoch, trainer.callback_metrics, time.time() - self.started)
         self.rows.append(row)
+        for listener in self.listeners:
+            listener.epoch_ended(row)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for listener in self.listeners:
+            listener.fit_ended(self.rows)
 
 
 def load_network(checkpoint: Path) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from components.contracts.run_layout import (
     write_json,
 )
 from components.data.manifest import read_manifest
+from components.ml.metrics import MONITOR, EpochListener, best_row
 from components.ml.task import ChipDataset, HistoryCallback, SegmentationTask
 
 
@@ -42,6 +43,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     data_dir: Path | None = None,
     callbacks: Sequence[Callback] = (),
+    listeners: Sequence[EpochListener] = (),
     logger: Any = False,
     progress_bar: bool = True,
 ) -> dict:
@@ -51,7 +53,8 @@ def train(
         run_dir: run folder holding ``stats.json`` and the manifest.
         config: hyperparameters.
         data_dir: where the dataset is now (default: where the statistics stage read it).
-        callbacks: extra Lightning callbacks (e.g. for tracking).
+        callbacks: extra Lightning callbacks (e.g. a throughput timer).
+        listeners: told of the fit's start, each epoch's row and its end (e.g. a tracker).
         logger: a Lightning logger or False.
         progress_bar: show Lightning's progress bar.
 
@@ -80,14 +83,14 @@ def train(
     task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold)
     partial_dir = layout.checkpoint.parent / ".partial"
     shutil.rmtree(partial_dir, ignore_errors=True)
-    checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor="val_iou", mode="max", save_top_k=1)
-    history = HistoryCallback()
+    checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+    history = HistoryCallback(listeners)
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator="auto",
         devices=1,
         precision=_precision(config),
-        callbacks=[checkpoint, EarlyStopping(monitor="val_iou", mode="max", patience=config.patience), history, *callbacks],
+        callbacks=[checkpoint, EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience), history, *callbacks],
         logger=logger,
         deterministic="warn",
         enable_progress_bar=progress_bar,
@@ -106,7 +109,8 @@ def train(
     Path(checkpoint.best_model_path).replace(layout.checkpoint)
     shutil.rmtree(partial_dir, ignore_errors=True)
     write_json(layout.config, config.to_dict())
-    best_epoch = max(history.rows, key=lambda r: r.get("val_iou", -1))["epoch"] if history.rows else None
+    best = best_row(history.rows)
+    best_epoch = best["epoch"] if best else None
     result = {
         "best_epoch": best_epoch,
         "best_val_iou": float(checkpoint.best_model_score),

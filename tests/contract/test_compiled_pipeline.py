@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pipeline
 import pytest
+
+import pipeline
 
 STAGE_TASKS = {"dataset-statistics", "train-model", "export-model", "evaluate-model", "package-dlpk", "generate-stac-item"}
 

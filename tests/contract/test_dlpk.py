@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from components.contracts.errors import RunFolderError
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import RunLayout, read_json
@@ -27,8 +29,6 @@ from components.ml.inference import (
     predict_probabilities,
 )
 from components.stages.dlpk import package_dlpk
-from PIL import Image
-
 from tests.support.paths import SHARED_DATA
 
 CHIPS_DIR = SHARED_DATA / "chips"
@@ -59,6 +59,7 @@ def load_chips(size: int) -> np.ndarray:
 def _build_run(root: Path, with_onnx: bool = True) -> Path:
     """A small real run folder: stats.json from real chips, TorchScript and ONNX of a U-Net."""
     import torch
+
     from components.ml.networks import InferenceModel, UNet
 
     raw = np.stack(

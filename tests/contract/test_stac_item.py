@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from components.contracts.errors import RunFolderError, ValidationFailed
 from components.contracts.run_layout import RunLayout
 from components.stages.stac import build_item, build_stac_item
 from components.standards.stac_validation import VENDORED_SCHEMAS_DIR, validate_item
-
 from tests.support.paths import SHARED
 
 
@@ -241,8 +241,9 @@ def test_build_item_is_deterministic_apart_from_created(source_run):
 
 
 def test_registry_refuses_unknown_uris():
-    from components.standards.stac_validation import _registry_for, schemas_dir
     from referencing.exceptions import Unretrievable
+
+    from components.standards.stac_validation import _registry_for, schemas_dir
 
     registry, _ = _registry_for(str(schemas_dir()))
     with pytest.raises(Unretrievable):

@@ -17,10 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pipeline
 import pytest
 import yaml
 
+import pipeline
 from tests.support.cli import error_line
 from tests.support.kfp_api_server import API, KfpApiServer
 from tests.support.paths import REPO

@@ -104,8 +104,9 @@ def test_image_has_the_project_and_runs_as_non_root(docker_client, image):
     ).decode().split()
     uid, version, torch_version, kfp_version = out[-4:]
     assert uid != "0"
-    import components
     import kfp
+
+    import components
 
     assert version == components.__version__
     assert torch_version.startswith("2.")
@@ -120,11 +121,12 @@ def test_pipeline_components_run_in_the_image_with_docker_runner(image, tmp_path
     """The pipeline's own fingerprint and statistics components, in the image, via DockerRunner."""
     import json
 
+    from kfp import local
+
     from components.data.sample_data import generate_sample_dataset
     from components.kubeflow.components import make_components
     from components.kubeflow.steps import dataset_fingerprint
     from components.stages.stats import compute_statistics
-    from kfp import local
 
     # The image runs as uid 1000 and writes into the bind-mounted pipeline root (same path inside).
     pipeline_root = tmp_path / "pipeline_root"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pipeline
 import pytest
-from components.data.sample_data import generate_sample_dataset
 
+import pipeline
+from components.data.sample_data import generate_sample_dataset
 from tests.support.datasets import SMALL_RUN
 
 LOCAL_RUN = dict(SMALL_RUN, train_epochs=2)

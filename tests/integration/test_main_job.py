@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import RunLayout
 from components.data.manifest import read_manifest
@@ -14,7 +15,6 @@ from components.ml.networks import InferenceModel
 from components.ml.scoring import onnx_predictor, score, torch_predictor
 from components.ml.task import load_network
 from components.stages.export import export_models
-
 from tests.support.cli import run_components
 
 ARTIFACT_KEYS = {"stats", "checkpoint", "state_dict", "torchscript", "onnx", "export_report", "metrics",

@@ -30,11 +30,11 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-import pipeline
 import pytest
+
+import pipeline
 from components import storage
 from components.data.sample_data import generate_sample_dataset
-
 from tests.support.cli import error_line, run_pipeline
 from tests.support.datasets import SMALL_RUN
 from tests.support.servers import SeaweedS3, free_port
@@ -196,6 +196,7 @@ def test_happy_run_artifacts_in_the_bucket_with_local_sizes(happy, mlflow_server
 
 def test_happy_run_registered_version_has_signature_and_is_champion(happy, mlflow_server):
     import mlflow
+
     from components.tracking.mlflow_tracking import _global_uri
 
     name, version = happy["name"], happy["summary"]["mlflow"]["model_version"]

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from components import storage
 from components.contracts.errors import PipelineInputError, StorageError
-
 from tests.support.servers import SeaweedS3
 
 

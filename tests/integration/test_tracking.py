@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from components import tracking
 from components.contracts.errors import PipelineInputError, TrackingError
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from components.data.sample_data import (
     SHELTER_COLOURS,
     camps_for_index,
@@ -14,7 +16,6 @@ from components.data.sample_data import (
     generate_sample_dataset,
     render_scene,
 )
-from PIL import Image
 
 N_CHIPS, SIZE = 64, 128
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from PIL import Image
+
 from components.contracts.run_layout import RunLayout
 from components.data.manifest import read_manifest
 from components.stages.stats import compute_statistics
-from PIL import Image
 
 
 def direct_statistics(run_dir):

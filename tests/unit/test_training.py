@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
 from components.ml.losses import build_loss
@@ -14,7 +15,6 @@ from components.ml.networks import UNet
 from components.ml.task import ChipDataset, SegmentationTask, load_network
 from components.stages.stats import compute_statistics
 from components.stages.train import train
-
 from tests.support.datasets import make_dataset
 
 TINY = dict(base_channels=4, depth=2, epochs=2, batch_size=4)
