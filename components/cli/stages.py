@@ -18,6 +18,7 @@ from components.contracts.config import (
 )
 from components.contracts.errors import PipelineInputError
 from components.contracts.run_layout import RunLayout, read_json
+from components.data.splits import SplitRatios
 
 SAMPLE_CHIPS = 64
 SAMPLE_SIZE = 128
@@ -29,10 +30,11 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, help="network input size (default: the chips' size)")
-    p.add_argument("--train-ratio", type=float, default=0.7)
-    p.add_argument("--val-ratio", type=float, default=0.15)
-    p.add_argument("--test-ratio", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=42)
+    ratios = SplitRatios()
+    p.add_argument("--train-ratio", type=float, default=ratios.train)
+    p.add_argument("--val-ratio", type=float, default=ratios.val)
+    p.add_argument("--test-ratio", type=float, default=ratios.test)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--threshold", type=float, default=0.5, help="camp probability threshold")
 
 
@@ -112,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run_all(args: argparse.Namespace) -> dict:
     """The whole chain on one run folder; returns the summary."""
     from components.data.sample_data import generate_sample_dataset
-    from components.data.splits import SplitRatios
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
     from components.stages.export import export_models
@@ -144,7 +145,6 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             generate_sample_dataset(args.out, args.chips, args.size, args.seed)
             return {"dataset": str(args.out)}
         case "stats":
-            from components.data.splits import SplitRatios
             from components.stages.stats import compute_statistics
 
             ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)

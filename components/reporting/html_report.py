@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Mapping
 
-METRIC_NAMES = ("iou", "f1", "precision", "recall", "accuracy")
+from components.ml.metrics import METRIC_NAMES
 
 
 def _img(path: Path, alt: str) -> str:

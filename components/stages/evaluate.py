@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from components.contracts.errors import DatasetError
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import (
     RunLayout,
+    atomic_folder,
     read_json,
     update_summary,
     write_json,
 )
 from components.data.manifest import read_manifest
 from components.data.pairs import find_pairs
+from components.ml.metrics import METRIC_NAMES
 from components.ml.scoring import Predictor, onnx_predictor, score
+from components.reporting.figures import save_confusion_matrix, save_overlay
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None,
@@ -50,28 +51,18 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
     values, examples = score(pairs, predictor or onnx_predictor(layout.onnx, prep), prep, keep=overlays)
     values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        from components.reporting.figures import save_confusion_matrix, save_overlay
-
+    with atomic_folder(target) as staging:
         save_confusion_matrix(values["confusion_matrix"], staging / "confusion_matrix.png")
         (staging / "overlays").mkdir()
         for pair, chip, mask, prediction in examples:
             save_overlay(chip, mask, prediction, prep.max_value, staging / "overlays" / f"{pair.stem}.png")
         write_json(staging / "metrics.json", values)
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if out_dir is None:
         update_summary(
             layout,
             metrics=layout.metrics,
             confusion_matrix=layout.confusion_matrix_png,
             overlays=layout.overlays_dir,
-            test_metrics={k: values[k] for k in ("iou", "f1", "precision", "recall", "accuracy")},
+            test_metrics={k: values[k] for k in METRIC_NAMES},
         )
     return values

@@ -8,8 +8,6 @@ TorchScript agree with eager PyTorch on real chips within the tolerance.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from components.contracts.errors import ParityError
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import (
     RunLayout,
+    atomic_folder,
     read_json,
     update_summary,
     write_json,
@@ -54,6 +53,39 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
     program.save(str(path))
 
 
+def _write_and_compare(model: torch.nn.Module, inputs: torch.Tensor, folder: Path, layout: RunLayout,
+                       prep: Preprocessing) -> dict[str, float]:
+    """Write the three artifacts into ``folder``; the largest difference of each runtime from eager."""
+    with torch.no_grad():
+        expected = model(inputs).numpy()
+        torch.save(model.state_dict(), folder / layout.state_dict.name)
+        torch.jit.trace(model, inputs[:1]).save(str(folder / layout.torchscript.name))
+        export_onnx(model, inputs[:1], folder / layout.onnx.name)
+        torchscript_out = torch.jit.load(str(folder / layout.torchscript.name)).eval()(inputs).numpy()
+    onnx_out = onnx_session(folder / layout.onnx.name).run(None, {INPUT_NAME: inputs.numpy()})[0]
+    size = prep.image_size
+    if expected.shape != (len(inputs), 1, size, size):
+        raise ParityError(f"model output shape {expected.shape} is not (N, 1, {size}, {size})")
+    return {
+        "max_abs_diff_onnx": float(np.abs(onnx_out - expected).max()),
+        "max_abs_diff_torchscript": float(np.abs(torchscript_out - expected).max()),
+    }
+
+
+def _report(model: torch.nn.Module, prep: Preprocessing, layout: RunLayout) -> dict:
+    """What the export report says about the artifacts' interface and provenance."""
+    size = prep.image_size
+    return {
+        "opset": ONNX_OPSET,
+        "input": {"name": INPUT_NAME, "shape": [-1, len(prep.bands), size, size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": [-1, 1, size, size], "dtype": "float32", "description": OUTPUT_DOC},
+        "total_parameters": count_parameters(model),
+        "torch_version": torch.__version__,
+        "files": {"state_dict": layout.state_dict.name, "torchscript": layout.torchscript.name,
+                  "onnx": layout.onnx.name},
+    }
+
+
 def export_models(run_dir: Path, data_dir: Path | None = None, parity_chips: int = 4, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Export the run's best checkpoint and check parity on real chips of the test split.
 
@@ -76,47 +108,14 @@ def export_models(run_dir: Path, data_dir: Path | None = None, parity_chips: int
     raw, _ = load_examples(chosen, prep.image_size)
     inputs = torch.from_numpy(prep.normalize(raw))
 
-    staging = Path(tempfile.mkdtemp(prefix=".models.", dir=layout.root))
-    try:
-        with torch.no_grad():
-            expected = model(inputs).numpy()
-            torch.save(model.state_dict(), staging / layout.state_dict.name)
-            scripted = torch.jit.trace(model, inputs[:1])
-            scripted.save(str(staging / layout.torchscript.name))
-            export_onnx(model, inputs[:1], staging / layout.onnx.name)
-            torchscript_out = torch.jit.load(str(staging / layout.torchscript.name)).eval()(inputs).numpy()
-        onnx_out = onnx_session(staging / layout.onnx.name).run(None, {INPUT_NAME: inputs.numpy()})[0]
-        diffs = {
-            "max_abs_diff_onnx": float(np.abs(onnx_out - expected).max()),
-            "max_abs_diff_torchscript": float(np.abs(torchscript_out - expected).max()),
-        }
-        if expected.shape != (len(chosen), 1, prep.image_size, prep.image_size):
-            raise ParityError(f"model output shape {expected.shape} is not (N, 1, {prep.image_size}, {prep.image_size})")
+    with atomic_folder(layout.models_dir) as staging:
+        diffs = _write_and_compare(model, inputs, staging, layout, prep)
         failed = {k: v for k, v in diffs.items() if not v <= tolerance}
         if failed:
             raise ParityError(f"export parity failed (tolerance {tolerance}): {failed}; no model was published")
-        report = {
-            **diffs,
-            "tolerance": tolerance,
-            "parity_chips": [p.stem for p in chosen],
-            "opset": ONNX_OPSET,
-            "input": {"name": INPUT_NAME, "shape": [-1, len(prep.bands), prep.image_size, prep.image_size], "dtype": "float32"},
-            "output": {"name": OUTPUT_NAME, "shape": [-1, 1, prep.image_size, prep.image_size], "dtype": "float32", "description": OUTPUT_DOC},
-            "total_parameters": count_parameters(model),
-            "torch_version": torch.__version__,
-            "files": {
-                "state_dict": layout.state_dict.name,
-                "torchscript": layout.torchscript.name,
-                "onnx": layout.onnx.name,
-            },
-        }
+        report = {**diffs, **_report(model, prep, layout), "tolerance": tolerance,
+                  "parity_chips": [p.stem for p in chosen]}
         write_json(staging / layout.export_report.name, report)
-        if layout.models_dir.exists():
-            shutil.rmtree(layout.models_dir)
-        staging.chmod(0o755)
-        staging.rename(layout.models_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     update_summary(
         layout,
         state_dict=layout.state_dict,

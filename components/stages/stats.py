@@ -42,6 +42,47 @@ class _Accumulator:
             self.band_sq_sum = sq if self.band_sq_sum is None else self.band_sq_sum + sq
 
 
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-band mean and standard deviation (a constant band gets std 1: no division by zero)."""
+        mean = self.band_sum / self.pixels
+        std = np.sqrt(np.maximum(self.band_sq_sum / self.pixels - mean**2, 0.0))
+        std = np.where(std > 1e-6, std, 1.0)
+        return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _survey(pairs: list[Pair], data_dir: Path) -> tuple[dict[str, tuple | None], np.dtype, set[tuple[int, int]]]:
+    """Pass 1: decode every pair once; their bounds (needed for grouping), one dtype, their sizes.
+
+    Every invalid file is named in one error.
+    """
+    bounds: dict[str, tuple | None] = {}
+    dtypes, sizes, problems = set(), set(), []
+    for pair in pairs:
+        try:
+            checked = read_pair(pair)
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        bounds[pair.stem] = checked.bounds_wgs84
+        dtypes.add(checked.chip.pixels.dtype.str)
+        sizes.add(checked.chip.size)
+    if problems:
+        raise DatasetError(f"{len(problems)} invalid file(s) in {data_dir}:\n  " + "\n  ".join(problems))
+    if len(dtypes) > 1:
+        raise DatasetError(f"{data_dir}/chips: chips mix data types {sorted(dtypes)}; use one type")
+    return bounds, np.dtype(dtypes.pop()), sizes
+
+
+def _accumulate(pairs: list[Pair], max_value: float) -> dict[str, _Accumulator]:
+    """Pass 2: running sums per split; only train pixels enter the normalisation."""
+    acc = {s: _Accumulator() for s in SPLITS}
+    for pair in pairs:
+        checked = read_pair(pair)
+        chip01 = checked.chip.pixels.astype(np.float64) / max_value if pair.split == "train" else None
+        acc[pair.split].add(chip01, checked.mask)
+    return acc
+
+
 def _max_value(dtype: np.dtype) -> float:
     if np.issubdtype(dtype, np.integer):
         return float(np.iinfo(dtype).max)
@@ -85,23 +126,7 @@ def compute_statistics(
     data_dir = Path(data_dir)
     pairs = find_pairs(data_dir)
 
-    # Pass 1 reads only headers-or-pixels once per file: bounds are needed before grouping.
-    bounds: dict[str, tuple | None] = {}
-    dtypes, sizes, problems = set(), set(), []
-    for pair in pairs:
-        try:
-            checked = read_pair(pair)
-        except DatasetError as exc:
-            problems.append(str(exc))
-            continue
-        bounds[pair.stem] = checked.bounds_wgs84
-        dtypes.add(checked.chip.pixels.dtype.str)
-        sizes.add(checked.chip.size)
-    if problems:
-        raise DatasetError(f"{len(problems)} invalid file(s) in {data_dir}:\n  " + "\n  ".join(problems))
-    if len(dtypes) > 1:
-        raise DatasetError(f"{data_dir}/chips: chips mix data types {sorted(dtypes)}; use one type")
-    dtype = np.dtype(dtypes.pop())
+    bounds, dtype, sizes = _survey(pairs, data_dir)
     if image_size is None:
         image_size = _common_size(sizes, data_dir)
         check_image_size(image_size, network_depth, parameter=f"image_size (the chips' size in {data_dir})")
@@ -110,19 +135,10 @@ def compute_statistics(
     split_of, repairs = assign_splits(group_of, ratios, seed)
     pairs = [Pair(p.stem, p.chip, p.mask, group_of[p.stem], split_of[p.stem]) for p in pairs]
 
-    # Pass 2: the statistics. Only train pixels enter the normalisation.
     max_value = _max_value(dtype)
-    acc = {s: _Accumulator() for s in SPLITS}
-    for pair in pairs:
-        checked = read_pair(pair)
-        chip01 = checked.chip.pixels.astype(np.float64) / max_value if pair.split == "train" else None
-        acc[pair.split].add(chip01, checked.mask)
-
-    train = acc["train"]
-    mean = train.band_sum / train.pixels
-    std = np.sqrt(np.maximum(train.band_sq_sum / train.pixels - mean**2, 0.0))
-    std = np.where(std > 1e-6, std, 1.0)  # a constant band must not divide by zero
-    prep = Preprocessing(image_size, BAND_NAMES, tuple(mean.tolist()), tuple(std.tolist()), max_value, threshold)
+    acc = _accumulate(pairs, max_value)
+    mean, std = acc["train"].mean_std()
+    prep = Preprocessing(image_size, BAND_NAMES, mean, std, max_value, threshold)
 
     footprint, reason = _footprint([b for b in bounds.values() if b is not None])
     stats = {

@@ -38,6 +38,34 @@ def _precision(config: TrainConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
+def _loaders(by_split: dict[str, list], prep: Preprocessing, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    """Shuffled, augmented train batches (seeded) and plain validation batches."""
+    train_ds = ChipDataset(by_split["train"], prep, augment=config.augment, seed=config.seed)
+    val_ds = ChipDataset(by_split["val"], prep)
+    workers = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True,
+                              drop_last=len(train_ds) > config.batch_size, generator=generator, **workers)
+    return train_loader, DataLoader(val_ds, batch_size=config.batch_size, **workers)
+
+
+def _trainer(config: TrainConfig, callbacks: list[Callback], logger: Any, progress_bar: bool) -> L.Trainer:
+    """A Lightning trainer that stops early on the monitored metric."""
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator="auto",
+        devices=1,
+        precision=_precision(config),
+        callbacks=[*callbacks, EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)],
+        logger=logger,
+        deterministic="warn",
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+
+
 def train(
     run_dir: Path,
     config: TrainConfig = TrainConfig(),
@@ -73,31 +101,13 @@ def train(
             raise DatasetError(f"{layout.splits}: the {split} split is empty; re-run the statistics stage")
 
     L.seed_everything(config.seed, workers=True)
-    train_ds = ChipDataset(by_split["train"], prep, augment=config.augment, seed=config.seed)
-    val_ds = ChipDataset(by_split["val"], prep)
-    loaders = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, drop_last=len(train_ds) > config.batch_size, generator=generator, **loaders)
-    val_loader = DataLoader(val_ds, batch_size=config.batch_size, **loaders)
-
+    train_loader, val_loader = _loaders(by_split, prep, config)
     task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold)
     partial_dir = layout.checkpoint.parent / ".partial"
     shutil.rmtree(partial_dir, ignore_errors=True)
     checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
     history = HistoryCallback(listeners)
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator="auto",
-        devices=1,
-        precision=_precision(config),
-        callbacks=[checkpoint, EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience), history, *callbacks],
-        logger=logger,
-        deterministic="warn",
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(config, [checkpoint, history, *callbacks], logger, progress_bar)
     started = time.time()
     trainer.fit(task, train_loader, val_loader)
     finished = time.time()
@@ -116,7 +126,7 @@ def train(
         "best_val_iou": float(checkpoint.best_model_score),
         "epochs_run": len(history.rows),
         "train_seconds": seconds,
-        "train_images_per_second": len(train_ds) * len(history.rows) / seconds if seconds else None,
+        "train_images_per_second": len(train_loader.dataset) * len(history.rows) / seconds if seconds else None,
         "accelerator": "cuda" if torch.cuda.is_available() else "cpu",
         "precision": _precision(config),
     }
