@@ -117,7 +117,8 @@ def run_all(args: argparse.Namespace) -> dict:
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
     from components.stages.export import export_models
-    from components.stages.stac import build_stac_item, check_model_name
+    from components.contracts.naming import check_model_name
+    from components.stages.stac import build_stac_item
     from components.stages.stats import compute_statistics
     from components.stages.train import train
 

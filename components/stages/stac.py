@@ -1,9 +1,11 @@
 """STAC generation: one STAC 1.1.0 item with the MLM extension describing the evaluated model.
 
-The item is written to ``metadata/stac_item.json`` of the run folder and lists every artifact of
-the run as an asset (href, media type, roles, ``file:size``, ``file:checksum``). Its ``mlm:input``
-and ``mlm:output`` are derived from the one preprocessing definition in ``stats.json``, so a
-consumer that knows only the item gets the predictions of the evaluation stage. Field choices and
+The item is written to ``metadata/stac_item.json`` of the run folder. :func:`build_item` reads like
+the item's outline: identity and footprint, the training period, the overview properties, the
+``mlm:*`` model fields (:mod:`components.standards.stac_mlm`, with ``mlm:input``/``mlm:output``
+derived from the one preprocessing definition in ``stats.json``, so a consumer that knows only
+the item gets the predictions of the evaluation stage), provenance and ``camp:*`` properties, and
+every artifact of the run as an asset (:mod:`components.standards.stac_assets`). Field choices and
 their meaning are documented in ``docs/stac.md``.
 
 The item is validated offline against the official schemas (:mod:`components.standards.stac_validation`)
@@ -13,51 +15,23 @@ nothing is written.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from components import __version__
 from components.contracts.errors import ParameterError, RunFolderError
+from components.contracts.naming import check_model_name
 from components.contracts.preprocessing import Preprocessing
-from components.contracts.run_layout import (
-    RunLayout,
-    read_json,
-    update_summary,
-    write_json,
-)
+from components.contracts.run_layout import RunLayout, read_json, update_summary, write_json
+from components.standards.stac_assets import FILE, multihash_sha256, run_assets
+from components.standards.stac_mlm import CLASSIFICATION, MLM, mlm_properties
 from components.standards.stac_validation import STAC_VERSION, validate_item
 
-MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
-FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+__all__ = ["build_item", "build_stac_item", "check_model_name", "training_period"]
+
 PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-CLASSIFICATION = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
-
-ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx; profile=onnx"
-TORCHSCRIPT_MEDIA_TYPE = "application/octet-stream; framework=pytorch; profile=torchscript"
-TORCH_MEDIA_TYPE = "application/octet-stream; framework=pytorch"
-CHECKPOINT_MEDIA_TYPE = "application/octet-stream; framework=pytorch; profile=lightning-checkpoint"
-
-#: Output classes of the class map (value, name, description, colour as RRGGBB).
-CLASSES = (
-    {"value": 0, "name": "background", "description": "Not part of a camp", "color_hint": "000000"},
-    {"value": 1, "name": "camp", "description": "Refugee or IDP camp (buildings/shelters)",
-     "color_hint": "FF0000"},
-)
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(\+[0-9A-Za-z.-]+)?")
 _GEOGRAPHIC_CRS = {"EPSG:4326", "OGC:CRS84", "WGS84", "CRS84"}
-
-
-def multihash_sha256(path: Path) -> str:
-    """The ``file:checksum`` of ``path``: multihash sha2-256 (``1220`` + hex SHA-256)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "1220" + digest.hexdigest()
 
 
 def _iso(ts: float | datetime) -> str:
@@ -65,15 +39,6 @@ def _iso(ts: float | datetime) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _framework_version(raw: str) -> str:
-    """A semantic version for ``mlm:framework_version`` (``2.13.0+cpu`` kept, ``2.5.0a0`` → ``2.5.0``)."""
-    match = _SEMVER.match(str(raw))
-    if not match:
-        raise RunFolderError(f"export_report.json: torch_version {raw!r} is not a version number")
-    full = match.group(0)
-    return full if _SEMVER.fullmatch(str(raw)) else ".".join(match.groups()[:3])
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -146,6 +111,7 @@ def _weights_summary(layout: RunLayout, config: Mapping[str, Any], report: Mappi
 
 
 def _geometry(stats: Mapping[str, Any], layout: RunLayout) -> tuple[dict | None, list | None, str | None]:
+    """(GeoJSON geometry, bbox, None) of the training data, or (None, None, why there is none)."""
     footprint = stats.get("footprint")
     if not footprint:
         reason = stats.get("footprint_reason") or "stats.json gives no footprint"
@@ -161,49 +127,8 @@ def _geometry(stats: Mapping[str, Any], layout: RunLayout) -> tuple[dict | None,
     return dict(geometry), [float(v) for v in bbox], None
 
 
-class _Assets:
-    """Collects assets with hrefs, sizes and checksums relative to the item or an asset base."""
-
-    def __init__(self, layout: RunLayout, asset_base: str | None) -> None:
-        self.layout = layout
-        self.base = asset_base if asset_base is None or asset_base.endswith("/") else asset_base + "/"
-        self.assets: dict[str, dict] = {}
-
-    def href(self, relative: str) -> str:
-        if self.base is not None:
-            return self.base + relative
-        return os.path.relpath(self.layout.root / relative, self.layout.metadata_dir).replace(os.sep, "/")
-
-    def add(self, key: str, path: Path, media_type: str, roles: list[str], title: str,
-            description: str | None = None, **extra: Any) -> None:
-        relative = path.relative_to(self.layout.root).as_posix()
-        asset = {"href": self.href(relative), "type": media_type, "title": title}
-        if description:
-            asset["description"] = description
-        asset["roles"] = roles
-        asset.update(extra)
-        asset["file:size"] = path.stat().st_size
-        asset["file:checksum"] = multihash_sha256(path)
-        asset["file:local_path"] = relative
-        self.assets[key] = asset
-
-
-def _optional_files(paths: Iterable[Path]) -> list[Path]:
-    return sorted(p for p in paths if p.is_file())
-
-
-def check_model_name(model_name: str) -> None:
-    """Raise ParameterError unless ``model_name`` is a valid ``mlm:name`` (MLM's pattern)."""
-    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_.\-\s]+[a-zA-Z0-9]", model_name):
-        raise ParameterError(
-            f"model_name={model_name!r}: use at least 3 letters, digits, '_', '.', '-' or spaces, "
-            "starting with a letter and ending with a letter or digit"
-        )
-
-
-def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
-               asset_base: str | None = None) -> dict:
-    """Build (without validating or writing) the STAC item dict for the run in ``layout``."""
+def _read_run(layout: RunLayout) -> tuple[dict, dict, dict, dict, Preprocessing]:
+    """The JSON files the item is built from, and the preprocessing of ``stats.json``."""
     required = (layout.stats, layout.config, layout.onnx, layout.torchscript, layout.state_dict,
                 layout.checkpoint, layout.export_report, layout.metrics, layout.history)
     layout.require(*required, stage="stac")
@@ -215,22 +140,23 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
         prep = Preprocessing.from_stats(stats)
     except (KeyError, TypeError, ValueError) as exc:
         raise RunFolderError(f"{layout.stats}: bad preprocessing block ({exc})") from None
-    check_model_name(model_name)
+    return stats, config, report, metrics, prep
 
-    total_parameters, memory_size = _weights_summary(layout, config, report)
-    geometry, bbox, footprint_reason = _geometry(stats, layout)
-    start, end, period_source = training_period(layout)
-    size = prep.image_size
-    n_bands = len(prep.bands)
-    onnx_checksum = multihash_sha256(layout.onnx)
-    item_id = f"{model_name.replace(' ', '-')}-{onnx_checksum[4:16]}"
-    metric_names = ("iou", "f1", "precision", "recall", "accuracy")
-    test_metrics = {k: metrics[k] for k in (*metric_names, "threshold", "num_chips", "num_pixels",
-                                            "confusion_matrix", "baselines", "split") if k in metrics}
-    missing_metrics = [k for k in metric_names if k not in metrics]
-    if missing_metrics:
-        raise RunFolderError(f"{layout.metrics}: lacks {', '.join(missing_metrics)}")
 
+def _test_metrics(layout: RunLayout, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``camp:test_metrics``: every metric of the table and the evaluation's context fields."""
+    from components.ml.metrics import METRIC_NAMES
+
+    missing = [k for k in METRIC_NAMES if k not in metrics]
+    if missing:
+        raise RunFolderError(f"{layout.metrics}: lacks {', '.join(missing)}")
+    keys = (*METRIC_NAMES, "threshold", "num_chips", "num_pixels", "confusion_matrix", "baselines", "split")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _description(prep: Preprocessing, metrics: Mapping[str, Any], footprint_reason: str | None) -> str:
+    """The item's ``description``: what the model takes and gives, and its test scores."""
+    size, n_bands = prep.image_size, len(prep.bands)
     description = (
         f"U-Net semantic segmentation of refugee/IDP camps in {n_bands}-band ({', '.join(prep.bands)}) "
         f"aerial chips of {size}x{size} pixels, trained from scratch. Input: float32 "
@@ -242,12 +168,13 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
     )
     if footprint_reason:
         description += f" No footprint: {footprint_reason}."
+    return description
 
-    value_scaling = [
-        {"type": "z-score", "mean": float(m), "stddev": float(s)}
-        for m, s in zip(prep.raw_mean.tolist(), prep.raw_std.tolist())
-    ]
-    properties: dict[str, Any] = {
+
+def _overview(model_name: str, prep: Preprocessing, stats: Mapping[str, Any], description: str,
+              start: str, end: str) -> dict[str, Any]:
+    """Title, description, the training period, ``created`` and the STAC core ``bands``."""
+    return {
         "title": f"{model_name}: camp segmentation U-Net",
         "description": description,
         "datetime": None,
@@ -259,56 +186,12 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
              "data_type": str(stats.get("dtype", "uint8"))}
             for band in prep.bands
         ],
-        "mlm:name": model_name,
-        "mlm:architecture": "U-Net",
-        "mlm:tasks": ["semantic-segmentation"],
-        "mlm:framework": "PyTorch",
-        "mlm:framework_version": _framework_version(report.get("torch_version", "")),
-        "mlm:memory_size": memory_size,
-        "mlm:total_parameters": total_parameters,
-        "mlm:pretrained": False,
-        "mlm:pretrained_source": None,
-        "mlm:batch_size_suggestion": int(config.get("batch_size", 8)),
-        "mlm:accelerator": "amd64",
-        "mlm:accelerator_constrained": False,
-        "mlm:accelerator_summary": (
-            "The ONNX model (main asset) runs on CPU with ONNX Runtime's CPUExecutionProvider; the "
-            "PyTorch artifacts also run on CUDA GPUs."
-        ),
-        "mlm:input": [{
-            "name": "input",
-            "description": (
-                f"Chip pixels as stored (0-{prep.max_value:g}) in band order {list(prep.bands)}, "
-                "NCHW float32, each band scaled as (raw - mean) / stddev with the per-band "
-                "value_scaling below (training-split statistics on the raw pixel scale)."
-            ),
-            "bands": list(prep.bands),
-            "input": {"shape": [-1, n_bands, size, size],
-                      "dim_order": ["batch", "bands", "height", "width"],
-                      "data_type": "float32"},
-            "value_scaling": value_scaling,
-            "resize_type": None,
-            "pre_processing_function": None,
-        }],
-        "mlm:output": [{
-            "name": "probabilities",
-            "description": (
-                "Camp probability per pixel in [0, 1] (sigmoid inside the model; apply no second "
-                f"sigmoid). Class map: probability >= {prep.threshold} -> 1 (camp), else 0 "
-                "(background); the threshold is also given as camp:threshold."
-            ),
-            "tasks": ["semantic-segmentation"],
-            "result": {"shape": [-1, 1, size, size],
-                       "dim_order": ["batch", "channel", "height", "width"],
-                       "data_type": "float32"},
-            "classification:classes": [dict(c) for c in CLASSES],
-            "post_processing_function": {
-                "format": "python",
-                "expression": "components.contracts.preprocessing:Preprocessing.classify",
-                "description": f"class_map = (probabilities >= {prep.threshold}).astype(uint8)",
-            },
-        }],
-        "mlm:hyperparameters": dict(config),
+    }
+
+
+def _provenance(stats: Mapping[str, Any], report: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``processing:lineage`` (dataset, export, evaluation) and ``processing:software``."""
+    return {
         "processing:lineage": (
             f"Trained by the campseg pipeline on {stats.get('dataset_uri', 'unknown dataset')} "
             f"(fingerprint {stats.get('fingerprint', 'unknown')}); exported to ONNX opset "
@@ -317,6 +200,14 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
         ),
         "processing:software": {"campseg": __version__,
                                 "torch": str(report.get("torch_version", "unknown"))},
+    }
+
+
+def _camp_properties(prep: Preprocessing, stats: Mapping[str, Any], report: Mapping[str, Any],
+                     test_metrics: dict[str, Any], footprint_reason: str | None,
+                     period_source: str) -> dict[str, Any]:
+    """The project's ``camp:*`` properties (threshold, test metrics, dataset, export parity...)."""
+    return {
         "camp:threshold": float(prep.threshold),
         "camp:output_range": [0.0, 1.0],
         "camp:test_metrics": test_metrics,
@@ -328,49 +219,24 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
         "camp:time_source": period_source,
     }
 
-    assets = _Assets(layout, asset_base)
-    # STAC 1.1 allows Item-level ``bands`` only when some asset carries ``bands`` too, and MLM
-    # needs the Item-level list for the names in mlm:input: the model assets name the bands.
-    model_bands = {"bands": [{"name": band} for band in prep.bands]}
-    assets.add("model", layout.onnx, ONNX_MEDIA_TYPE, ["mlm:model", "mlm:compiled", "model", "data"],
-               "ONNX model (main runtime)",
-               "InferenceModel (U-Net + sigmoid) in ONNX; input 'input', output 'probabilities', "
-               "dynamic batch. Runs with ONNX Runtime on CPU.",
-               **model_bands, **{"mlm:artifact_type": "onnx"})
-    assets.add("torchscript", layout.torchscript, TORCHSCRIPT_MEDIA_TYPE,
-               ["mlm:model", "mlm:compiled", "model"], "TorchScript model",
-               "TorchScript of InferenceModel (saved with torch.jit.save); load with torch.jit.load.",
-               **model_bands, **{"mlm:artifact_type": "torch.jit.save"})
-    assets.add("weights", layout.state_dict, TORCH_MEDIA_TYPE, ["mlm:model", "mlm:weights", "weights"],
-               "State dict", "torch.save of InferenceModel.state_dict(); needs the network definition "
-               "(components.ml.networks) and mlm:hyperparameters to rebuild.",
-               **model_bands, **{"mlm:artifact_type": "torch.save"})
-    assets.add("checkpoint", layout.checkpoint, CHECKPOINT_MEDIA_TYPE,
-               ["mlm:model", "mlm:checkpoint", "checkpoint"], "Lightning checkpoint (best val IoU)",
-               "Lightning checkpoint with optimizer state and hyperparameters.",
-               **model_bands, **{"mlm:artifact_type": "lightning.pytorch.Trainer.save_checkpoint"})
-    json_files = [
-        ("stats", layout.stats, "Dataset statistics and preprocessing definition"),
-        ("dataset-manifest", layout.splits, "Validated chip/mask pairs and their splits"),
-        ("train-config", layout.config, "Training configuration"),
-        ("training-history", layout.history, "Per-epoch training and validation metrics"),
-        ("export-report", layout.export_report, "Export parity report"),
-        ("metrics", layout.metrics, "Evaluation metrics"),
-    ]
-    for key, path, title in json_files:
-        if path.is_file():
-            assets.add(key, path, "application/json", ["metadata"], title)
-    for path in _optional_files(layout.evaluation_dir.glob("*.png")):
-        assets.add(f"figure-{path.stem}", path, "image/png", ["overview", "visual"],
-                   path.stem.replace("_", " ").capitalize())
-    for path in _optional_files(layout.overlays_dir.glob("*.png")):
-        assets.add(f"overlay-{path.stem}", path, "image/png", ["overview", "visual"],
-                   f"Overlay {path.stem}: image, truth, prediction")
-    for path in _optional_files(layout.esri_dir.glob("*.dlpk")):
-        assets.add(f"dlpk-{path.stem}", path, "application/zip", ["mlm:model", "model", "esri"],
-                   f"Esri deep learning package {path.name}",
-                   "Esri model definition (.emd), Python raster function and the ONNX/PyTorch model.",
-                   **{"mlm:artifact_type": "esri.dlpk"})
+
+def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
+               asset_base: str | None = None) -> dict:
+    """Build (without validating or writing) the STAC item dict for the run in ``layout``."""
+    stats, config, report, metrics, prep = _read_run(layout)
+    check_model_name(model_name)
+    total_parameters, memory_size = _weights_summary(layout, config, report)
+    geometry, bbox, footprint_reason = _geometry(stats, layout)
+    start, end, period_source = training_period(layout)
+    item_id = f"{model_name.replace(' ', '-')}-{multihash_sha256(layout.onnx)[4:16]}"
+    test_metrics = _test_metrics(layout, metrics)
+
+    properties = _overview(model_name, prep, stats, _description(prep, metrics, footprint_reason), start, end)
+    properties.update(mlm_properties(model_name, prep, config, report,
+                                     total_parameters=total_parameters, memory_size=memory_size))
+    properties.update(_provenance(stats, report, metrics))
+    properties.update(_camp_properties(prep, stats, report, test_metrics, footprint_reason, period_source))
+    assets = run_assets(layout, asset_base, prep.bands)
 
     links = []
     if asset_base is not None:

@@ -1,4 +1,5 @@
-"""External standards: offline STAC schema validation (vendored schemas) and the Esri raster function."""
+"""External standards: the STAC item's MLM fields and assets, offline STAC schema validation (vendored
+schemas) and the Esri raster function."""
 
 from pathlib import Path
 

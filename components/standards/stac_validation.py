@@ -2,8 +2,8 @@
 
 The core STAC 1.1.0 item schema (and the GeoJSON schemas it references) come from the copies that
 pystac ships in ``pystac.validation.jsonschemas``; the extension schemas this project uses are
-vendored under ``components/schemas/stac-extensions/<name>/<version>/schema.json`` (package data,
-copied byte for byte from the official ``https://stac-extensions.github.io/...`` releases), so an
+vendored under ``components/standards/schemas/stac-extensions/<name>/<version>/schema.json``
+(package data, copied byte for byte from the official ``https://stac-extensions.github.io/...`` releases), so an
 installed package validates without a network. Every ``$ref`` is resolved through a
 :class:`referencing.Registry` whose ``retrieve`` function refuses any URI it does not hold: a schema
 that is not available locally is a validation failure, never a download.

@@ -6,12 +6,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from components.contracts.run_layout import RunLayout
-from components.storage.s3 import join_uri, upload_dir, upload_file
+from components.contracts.run_layout import ARTIFACTS, RunLayout
+from components.storage.transfer import upload_dir, upload_file
+from components.storage.uris import join_uri
 
-#: What is published: the files the STAC item describes, then the item itself (last).
-PUBLISHED = ("stats.json", "dataset_manifest.json", "train_config.json", "training_history.json",
-             "checkpoints/", "models/", "evaluation/", "esri/")
+#: What is published: the files of every artifact but the STAC item (``metadata/``), which is
+#: rebuilt with ``s3://`` hrefs and uploaded last.
+PUBLISHED: tuple[str, ...] = tuple(f for a in ARTIFACTS if a.stage != "stac" for f in a.files)
 
 
 def publish_run(run_dir: Path, base_uri: str, model_name: str) -> dict[str, str]:

@@ -102,6 +102,26 @@ def test_local_fingerprint_tracks_content(tmp_path):
         storage.fingerprint(tmp_path / "missing")
 
 
+def test_uris_module_needs_no_boto3():
+    import ast
+
+    import components.storage.uris as uris
+
+    tree = ast.parse(Path(uris.__file__).read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] in ("boto3", "botocore")]
+
+
+def test_published_files_are_every_artifact_but_the_item():
+    from components.contracts.run_layout import ARTIFACTS
+    from components.storage.publish import PUBLISHED
+
+    assert set(PUBLISHED) == {"stats.json", "dataset_manifest.json", "train_config.json", "training_history.json",
+                              "checkpoints/", "models/", "evaluation/", "esri/"}
+    assert set(PUBLISHED) | {"metadata/"} == {f for a in ARTIFACTS for f in a.files}
+
+
 # ------------------------------------------------------------------------------------------
 # Against SeaweedFS
 # ------------------------------------------------------------------------------------------
