@@ -36,6 +36,11 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-ratio", type=float, default=ratios.test)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--threshold", type=float, default=0.5, help="camp probability threshold")
+    p.add_argument("--nodata", type=float, default=None,
+                   help="chip value meaning no data (all bands equal to it; 'nan' allowed), besides "
+                        "GeoTIFF nodata and alpha 0; left out of statistics, loss and metrics")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="largest width x height of one image (default $CAMPSEG_MAX_PIXELS or 64000000)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -113,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_all(args: argparse.Namespace) -> dict:
     """The whole chain on one run folder; returns the summary."""
+    from components.contracts.naming import check_model_name
     from components.data.sample_data import generate_sample_dataset
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
     from components.stages.export import export_models
-    from components.contracts.naming import check_model_name
     from components.stages.stac import build_stac_item
     from components.stages.stats import compute_statistics
     from components.stages.train import train
@@ -128,7 +133,8 @@ def run_all(args: argparse.Namespace) -> dict:
     if data is None:
         data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
     ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
-    compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed, args.threshold)
+    compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed, args.threshold,
+                       nodata=args.nodata, max_pixels_per_image=args.max_pixels)
     train(args.out, config, data)
     export_models(args.out, data)
     evaluate_run(args.out, data)
@@ -149,7 +155,8 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             from components.stages.stats import compute_statistics
 
             ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
-            return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed, args.threshold)
+            return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed, args.threshold,
+                                      nodata=args.nodata, max_pixels_per_image=args.max_pixels)
         case "train":
             from components.stages.train import train
 

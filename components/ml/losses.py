@@ -1,4 +1,9 @@
-"""Segmentation losses on logits, chosen by name in :func:`build_loss`."""
+"""Segmentation losses on logits, chosen by name in :func:`build_loss`.
+
+Every loss takes logits and a float target of 0 (background), 1 (camp) or
+:data:`~components.data.pairs.IGNORE` (255: no data). Ignored pixels add nothing to the loss or
+its gradient; a batch without one computes exactly what the plain loss computes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.contracts.config import LossName
+from components.data.pairs import IGNORE
+
+
+def split_target(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The 0/1 target and a 0/1 weight of the pixels that count; None when every pixel counts."""
+    valid = target != IGNORE
+    if bool(valid.all()):
+        return target, None
+    return torch.where(valid, target, torch.zeros_like(target)), valid.to(target.dtype)
+
+
+def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on logits, mean over the pixels that count."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target, weight = split_target(target)
+        if weight is None:
+            return F.binary_cross_entropy_with_logits(logits.float(), target)
+        return _mean(F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none"), weight)
 
 
 class DiceLoss(nn.Module):
@@ -17,7 +47,10 @@ class DiceLoss(nn.Module):
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target, weight = split_target(target)
         probs = torch.sigmoid(logits.float())
+        if weight is not None:
+            probs = probs * weight
         intersection = (probs * target).sum()
         return 1 - (2 * intersection + self.smooth) / (probs.sum() + target.sum() + self.smooth)
 
@@ -30,11 +63,12 @@ class FocalLoss(nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target, weight = split_target(target)
         logits = logits.float()
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         p_t = torch.exp(-bce)
         alpha_t = self.alpha * target + (1 - self.alpha) * (1 - target)
-        return (alpha_t * (1 - p_t) ** self.gamma * bce).mean()
+        return _mean(alpha_t * (1 - p_t) ** self.gamma * bce, weight)
 
 
 class BCEDiceLoss(nn.Module):
@@ -42,7 +76,7 @@ class BCEDiceLoss(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.bce = nn.BCEWithLogitsLoss()
+        self.bce = BCELoss()
         self.dice = DiceLoss()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,7 +87,7 @@ def build_loss(name: LossName) -> nn.Module:
     """The loss module that ``name`` selects; every loss takes logits and a float target."""
     match name:
         case "bce":
-            return nn.BCEWithLogitsLoss()
+            return BCELoss()
         case "dice":
             return DiceLoss()
         case "focal":

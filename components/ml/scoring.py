@@ -10,7 +10,7 @@ import torch
 from torchmetrics.classification import BinaryConfusionMatrix
 
 from components.contracts.preprocessing import Preprocessing
-from components.data.pairs import Pair, load_examples
+from components.data.pairs import IGNORE, Pair, load_examples
 from components.ml.inference import batched, onnx_session, predict_probabilities
 from components.ml.metrics import metric_collection
 
@@ -36,20 +36,25 @@ def torch_predictor(model: torch.nn.Module, prep: Preprocessing) -> Predictor:
 
 def score(pairs: Sequence[Pair], predictor: Predictor, prep: Preprocessing, batch_size: int = 8,
           keep: int = 0) -> tuple[dict, list[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]]:
-    """Metrics over all pixels of ``pairs`` at the threshold; also returns ``keep`` examples."""
+    """Metrics over all pixels with data of ``pairs`` at the threshold; also returns ``keep`` examples."""
     t = prep.threshold
     metrics = metric_collection(t)
     confusion = BinaryConfusionMatrix(threshold=t)
     examples = []
     for batch in batched(pairs, batch_size):
-        raw, masks = load_examples(batch, prep.image_size)
+        raw, masks = load_examples(batch, prep.image_size, prep.nodata)
         probs = torch.from_numpy(np.ascontiguousarray(predictor(raw), dtype=np.float32))
         target = torch.from_numpy(masks.astype(np.int64))
-        metrics.update(probs, target)
-        confusion.update(probs, target)
+        valid = target != IGNORE
+        if bool(valid.all()):
+            metrics.update(probs, target)
+            confusion.update(probs, target)
+        elif bool(valid.any()):  # no-data pixels count in no metric
+            metrics.update(probs[valid], target[valid])
+            confusion.update(probs[valid], target[valid])
         for pair, chip, mask, prob in zip(batch, raw, masks, probs.numpy()):
             if len(examples) < keep:
-                examples.append((pair, chip, mask, prep.classify(prob)))
+                examples.append((pair, chip, (mask == 1).astype(np.uint8), prep.classify(prob)))
     values = {k: float(v) for k, v in metrics.compute().items()}
     (tn, fp), (fn, tp) = confusion.compute().tolist()
     total = tn + fp + fn + tp

@@ -15,7 +15,7 @@ from torchmetrics import MetricCollection
 
 from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
-from components.data.pairs import Pair, load_example
+from components.data.pairs import IGNORE, Pair, load_example
 from components.ml.losses import build_loss
 from components.ml.metrics import EpochListener, epoch_row, metric_collection
 from components.ml.networks import build_network
@@ -46,17 +46,27 @@ class ChipDataset(Dataset):
     def _raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cache is not None and index in self.cache:
             return self.cache[index]
-        example = load_example(self.pairs[index], self.prep.image_size)
+        example = load_example(self.pairs[index], self.prep.image_size, self.prep.nodata)
         if self.cache is not None:
             self.cache[index] = example
         return example
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised chip (C, S, S) and float mask (1, S, S): 0, 1 or IGNORE (no data).
+
+        No-data pixels enter the network as 0 (the training mean), whatever their raw value.
+        """
         chip, mask = self._raw(index)
         chip = chip.astype(np.float32)
+        nodata = mask == IGNORE
+        if nodata.any():  # a neutral value, so augmentation and normalisation never see NaN
+            chip[:, nodata] = self.prep.raw_mean.astype(np.float32)[:, None]
         if self.augment:
             chip, mask = self._augment(chip, mask)
-        x = torch.from_numpy(np.ascontiguousarray(self.prep.normalize(chip)))
+        x = self.prep.normalize(chip)
+        if nodata.any():
+            x[:, mask == IGNORE] = 0.0
+        x = torch.from_numpy(np.ascontiguousarray(x))
         y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         return x, y
 
@@ -71,7 +81,8 @@ class ChipDataset(Dataset):
         contrast = rng.uniform(0.8, 1.2)
         brightness = rng.uniform(-0.1, 0.1) * self.prep.max_value
         mean = chip.mean(axis=(1, 2), keepdims=True)
-        chip = np.clip((chip - mean) * contrast + mean + brightness, 0, self.prep.max_value)
+        low, high = self.prep.raw_range
+        chip = np.clip((chip - mean) * contrast + mean + brightness, max(low, 0.0), high)
         return chip, mask
 
 
@@ -113,7 +124,12 @@ class SegmentationTask(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        metrics.update(torch.sigmoid(logits.float()), y.int())
+        probs, target = torch.sigmoid(logits.float()), y.int()
+        valid = target != IGNORE
+        if not bool(valid.all()):  # no-data pixels count in no metric
+            probs, target = probs[valid], target[valid]
+        if target.numel():
+            metrics.update(probs, target)
         # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end.
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=x.shape[0])

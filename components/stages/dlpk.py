@@ -10,6 +10,8 @@ The package (``esri/<model_name>.dlpk``, a zip) holds:
   built-in configurations) and ``Classes`` lists camp (1) only, background 0 unlisted. Plus this
   project's ``Preprocessing`` (the ``stats.json`` block verbatim), ``Threshold``, ``ModelOutput`` and
   ``NormalizationStats`` in arcgis.learn's form (the same scaling, restated as band statistics).
+  ``Preprocessing.dtype`` is the pixel type the model was trained on: the raster function refuses
+  rasters of another type, and ``DataRange`` is that type's range.
 - ``model.pt``: the TorchScript inference model (probabilities, sigmoid inside).
 - ``CampSegmenter.py``: the Python raster function ArcGIS runs (``components/esri``).
 - ``README.md`` and, when the export stage wrote it, ``export_report.json``.
@@ -81,7 +83,8 @@ def build_emd(
         "ImageHeight": prep.image_size,
         "ImageWidth": prep.image_size,
         "ExtractBands": list(range(len(prep.bands))),
-        "DataRange": [0, prep.max_value],
+        # The raw values the model takes: the trained pixel type's range (0-255 for uint8).
+        "DataRange": [int(v) if float(v).is_integer() else v for v in prep.raw_range],
         "BatchSize": int(batch_size),
         "ModelPadding": 0,
         "Classes": [dict(CAMP_CLASS)],
@@ -138,6 +141,7 @@ def _readme(emd: Mapping[str, Any], stats: Mapping[str, Any]) -> str:
         f"- input: {len(prep['bands'])} bands {prep['bands']}, tiles of "
         f"{emd['ImageHeight']}x{emd['ImageWidth']}, scaled as "
         "(raw - mean*max_value)/(std*max_value)\n"
+        f"- pixel type: {prep.get('dtype', 'uint8')} (rasters of another pixel type are refused)\n"
         f"- output: 1 = camp (probability >= {emd['Threshold']}), 0 = background\n"
         f"- dataset: {stats.get('dataset_uri', 'unknown')} ({stats.get('fingerprint', '')})\n"
     )

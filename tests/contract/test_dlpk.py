@@ -104,6 +104,10 @@ def _build_run(root: Path, with_onnx: bool = True) -> Path:
             "std": [float(v) for v in std],
             "max_value": 255.0,
             "threshold": threshold,
+            "dtype": "uint8",
+            "value_scaling": {"type": "max"},
+            "nodata": None,
+            "alpha": False,
         },
         "dtype": "uint8",
         "source_sizes": [[size, size]],
@@ -220,7 +224,8 @@ def test_dlpk_contents_and_emd_match_stats(run_dir: Path, dlpk: Path) -> None:
     assert emd["ModelType"] == "ImageClassification"
     assert emd["ImageHeight"] == emd["ImageWidth"] == prep["image_size"]
     assert emd["ExtractBands"] == list(range(len(prep["bands"])))
-    assert emd["DataRange"] == [0, prep["max_value"]]
+    assert emd["DataRange"] == [0, prep["max_value"]]  # uint8: the pixel type's range 0-255
+    assert emd["Preprocessing"]["dtype"] == "uint8"  # the raster function refuses other pixel types
     assert emd["Threshold"] == prep["threshold"]
     assert emd["Preprocessing"] == prep
     assert emd["ModelPadding"] == 0 and emd["BatchSize"] >= 1
@@ -328,6 +333,30 @@ def test_raster_function_matches_evaluation(run_dir: Path, dlpk: Path, tmp_path:
 
     strict = results["threshold"]["outputs"][0][0]
     _assert_maps_equal(strict, (probs[2] >= strict_threshold).astype(np.uint8), probs[2], strict_threshold)
+
+
+def test_raster_function_refuses_other_pixel_types(run_dir: Path, dlpk: Path, tmp_path: Path) -> None:
+    """A uint8 model given uint16 or 0-1 float pixels refuses instead of marking everything camp."""
+    import importlib.util
+
+    package = tmp_path / "package"
+    with zipfile.ZipFile(dlpk) as archive:
+        archive.extractall(package)
+    spec = importlib.util.spec_from_file_location("CampSegmenter_packaged", package / "CampSegmenter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = module.CampSegmenter()
+    fn.initialize(model=str(package / "camp-segmentation.emd"))
+    fn.getConfiguration(batch_size=1, padding=0)
+    size = int(fn.json_info["ImageHeight"])
+    chip = np.random.default_rng(0).integers(0, 255, (3, size, size), dtype=np.uint8)
+    for bad in (chip.astype(np.uint16) * 250, chip.astype(np.float32) / 255.0):
+        with pytest.raises(Exception, match="trained on uint8"):
+            fn.updatePixels(None, (1, size, size), {}, raster_pixels=bad)
+    with pytest.raises(Exception, match="uint16"):
+        fn.updateRasterInfo(output_info={}, raster_info={"pixelType": "u2"})
+    out = fn.updatePixels(None, (1, size, size), {}, raster_pixels=chip)["output_pixels"]
+    assert out.shape == (1, size, size) and out.dtype == np.uint8
 
 
 def test_missing_model_is_named_and_nothing_written(tmp_path: Path) -> None:

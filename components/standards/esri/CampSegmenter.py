@@ -13,6 +13,12 @@ Everything the model needs is read from the .emd, which the packaging stage wrot
 0-255), the decision threshold (``Threshold``, ``probability >= threshold`` -> camp) and whether
 the model emits probabilities or logits (``ModelOutput``). Nothing is restated here.
 
+The pixel type the model was trained on (``Preprocessing.dtype``, e.g. uint8) is enforced: an
+integer raster of another type (uint16 for a uint8 model, say) is refused rather than predicted as
+garbage, and float pixels are taken only when every value is exactly a value of the trained type
+(a uint8 raster handed over as float). ``Preprocessing.nodata``, when set, marks pixels whose bands
+all equal it as no data: they enter the model as 0 (the training mean) and come out as 0.
+
 Standalone on purpose: it imports only the standard library, numpy and torch, never the project's
 ``components`` package, so it runs in ArcGIS Pro's deep learning Python environment.
 """
@@ -78,6 +84,9 @@ class CampSegmenter:
             np.float32
         ).reshape(-1, 1, 1)
         self.threshold = float(self.json_info.get("Threshold", preprocessing.get("threshold", 0.5)))
+        self.dtype = np.dtype(preprocessing.get("dtype") or ("uint8" if max_value == 255.0 else "float32"))
+        nodata = preprocessing.get("nodata")
+        self.nodata = None if nodata is None else float(nodata)
         self.batch_size = int(self.json_info.get("BatchSize", 1))
         self.padding = int(self.json_info.get("ModelPadding", 0))
         if "device" in kwargs:
@@ -168,7 +177,14 @@ class CampSegmenter:
         return configuration
 
     def updateRasterInfo(self, **kwargs):
-        """One unsigned 8-bit band of class values, with the classes' attribute table."""
+        """One unsigned 8-bit band of class values, with the classes' attribute table.
+
+        An input raster whose integer pixel type differs from the trained one is refused here.
+        """
+        raster_info = kwargs.get("raster_info") or {}
+        pixel_type = _PIXEL_TYPES.get(str(raster_info.get("pixelType", "")).lower())
+        if pixel_type is not None and np.issubdtype(pixel_type, np.integer) and pixel_type != self.dtype:
+            raise Exception(self._type_message(pixel_type))
         classes = self.json_info.get("Classes", [])
         values = [0] + [int(c["Value"]) for c in classes]
         info = kwargs["output_info"]
@@ -184,6 +200,7 @@ class CampSegmenter:
         pixels = np.asarray(pixelBlocks["raster_pixels"])
         if pixels.ndim == 2:
             pixels = pixels[np.newaxis]
+        self._check_pixel_type(pixels)
         bands, in_rows, in_cols = pixels.shape
         p = int(self.padding)
         if shape is not None and len(shape) >= 2:
@@ -198,6 +215,9 @@ class CampSegmenter:
         probabilities = self._predict_block(pixels)
         probabilities = probabilities[p_in : p_in + out_rows, p_in : p_in + out_cols]
         classes = (probabilities >= self.threshold).astype(np.uint8)
+        nodata = self._nodata_pixels(pixels)
+        if nodata is not None:
+            classes[nodata[p_in : p_in + out_rows, p_in : p_in + out_cols]] = 0
 
         mask = pixelBlocks.get("raster_mask")
         if mask is not None:
@@ -232,10 +252,55 @@ class CampSegmenter:
             self.model = model.to(self.device)
         return self.model
 
+    def _type_message(self, got):
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            trained = "{} pixels ({}-{})".format(self.dtype.name, info.min, info.max)
+        else:
+            trained = "{} pixels".format(self.dtype.name)
+        return (
+            "CampSegmenter: the model was trained on {} but the raster delivers {} pixels; its "
+            "predictions would be meaningless. Use a raster of the trained pixel type (for example "
+            "Copy Raster with that pixel type and scaling).".format(trained, np.dtype(got).name)
+        )
+
+    def _check_pixel_type(self, pixels):
+        """Refuse a block whose pixels are not values of the trained pixel type."""
+        got = pixels.dtype
+        if got == self.dtype:
+            return
+        if np.issubdtype(self.dtype, np.floating) and np.issubdtype(got, np.floating):
+            return
+        if np.issubdtype(self.dtype, np.integer) and np.issubdtype(got, np.floating):
+            info = np.iinfo(self.dtype)
+            values = pixels[np.isfinite(pixels)]
+            if values.size == 0 or (
+                values.min() >= info.min and values.max() <= info.max and np.all(values == np.round(values))
+            ):
+                return  # the trained type's values, handed over as float
+        raise Exception(self._type_message(got))
+
+    def _nodata_pixels(self, raw):
+        """(H, W) bool: pixels whose bands all equal the nodata value, or that are not finite."""
+        raw = np.asarray(raw)
+        bad = None
+        if self.nodata is not None:
+            hit = np.isnan(raw) if np.isnan(self.nodata) else raw == self.nodata
+            bad = hit.all(axis=-3)
+        if np.issubdtype(raw.dtype, np.floating):
+            finite = np.isfinite(raw).all(axis=-3)
+            bad = ~finite if bad is None else bad | ~finite
+        return bad
+
     def _normalize(self, raw):
-        """``(raw - mean*max_value) / (std*max_value)`` per band, float32."""
+        """``(raw - mean*max_value) / (std*max_value)`` per band, float32; no data -> 0."""
+        invalid = self._nodata_pixels(raw)
         raw = np.asarray(raw, dtype=np.float32)
-        return ((raw - self._raw_mean) / self._raw_std).astype(np.float32)
+        if invalid is None:
+            return ((raw - self._raw_mean) / self._raw_std).astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            out = ((raw - self._raw_mean) / self._raw_std).astype(np.float32)
+        return np.where(invalid[np.newaxis], np.float32(0), out).astype(np.float32)
 
     def _infer(self, batch):
         """Probabilities (B, H, W) for normalised tiles (B, C, H, W)."""
@@ -280,6 +345,14 @@ class CampSegmenter:
                 right = width if x + width >= full_cols else width - p
                 result[y + top : y + bottom, x + left : x + right] = tile[top:bottom, left:right]
         return result[:rows, :cols]
+
+
+#: Esri pixel types (``raster_info["pixelType"]``) as numpy types.
+_PIXEL_TYPES = {
+    "u1": np.dtype("uint8"), "u2": np.dtype("uint16"), "u4": np.dtype("uint32"),
+    "i1": np.dtype("int8"), "i2": np.dtype("int16"), "i4": np.dtype("int32"),
+    "f4": np.dtype("float32"), "f8": np.dtype("float64"),
+}
 
 
 def _tile_origins(length, tile, padding):
