@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 #: Read size for streaming hashes and downloads.
@@ -12,10 +13,20 @@ CHUNK = 1024 * 1024
 PART_SUFFIX = ".part"
 
 
-def local_files(root: Path) -> list[tuple[str, Path]]:
-    """``(posix path relative to root, path)`` of every file under ``root``, sorted.
+def is_regular_file(path: Path) -> bool:
+    """Whether ``path`` is (or links to) a regular file; FIFOs, devices, dangling or looping links are not."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
-    Interrupted downloads of ours (``.<name>...part``) are left out.
+
+def local_files(root: Path) -> list[tuple[str, Path]]:
+    """``(posix path relative to root, path)`` of every regular file under ``root``, sorted.
+
+    Only regular files count (a FIFO or a link to ``/dev/zero`` would block a reader; a dangling or
+    looping link has no content); linked folders are not followed. Interrupted downloads of ours
+    (``.<name>...part``) are left out.
     """
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -24,7 +35,8 @@ def local_files(root: Path) -> list[tuple[str, Path]]:
             if name.endswith(PART_SUFFIX) and name.startswith("."):
                 continue  # an interrupted download of ours
             p = Path(dirpath) / name
-            files.append((p.relative_to(root).as_posix(), p))
+            if is_regular_file(p):
+                files.append((p.relative_to(root).as_posix(), p))
     files.sort()
     return files
 

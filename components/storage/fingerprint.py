@@ -9,7 +9,7 @@ from typing import Any
 
 from components.contracts.errors import StorageError
 from components.storage.client import endpoint_name, resolve_client
-from components.storage.files import local_files, sha256_file
+from components.storage.files import is_regular_file, local_files, sha256_file
 from components.storage.listing import list_objects
 from components.storage.uris import is_s3_uri, parse_s3_uri, prefix_of
 
@@ -19,7 +19,8 @@ def fingerprint(uri_or_path: str | os.PathLike[str], *, client: Any | None = Non
 
     For ``s3://`` it hashes the listing (keys relative to the prefix, sizes, ETags) and downloads
     nothing; for a local folder it hashes (relative path, size, SHA-256 of the content) of every
-    file, streaming; for a local file, its name, size and content. The two kinds of fingerprint
+    regular file, streaming (FIFOs, devices and broken links are not data and are skipped); for a
+    local file, its name, size and content. The two kinds of fingerprint
     are not comparable with each other, only with themselves: the same data behind the same kind
     of URI gives the same fingerprint, and any added, removed or changed file changes it.
 
@@ -38,7 +39,7 @@ def fingerprint(uri_or_path: str | os.PathLike[str], *, client: Any | None = Non
             h.update(f"{o.key[len(prefix):]}\t{o.size}\t{o.etag}\n".encode())
         return f"sha256:{h.hexdigest()}"
     path = Path(uri_or_path)
-    if path.is_file():
+    if is_regular_file(path):
         entries = [(path.name, path)]
     elif path.is_dir():
         entries = local_files(path)
@@ -46,5 +47,5 @@ def fingerprint(uri_or_path: str | os.PathLike[str], *, client: Any | None = Non
         raise StorageError(f"{path}: no such file or folder")
     h.update(b"local-content-v1\n")
     for rel, p in entries:
-        h.update(f"{rel}\t{p.stat().st_size}\t{sha256_file(p)}\n".encode())
+        h.update(os.fsencode(rel) + f"\t{p.stat().st_size}\t{sha256_file(p)}\n".encode())
     return f"sha256:{h.hexdigest()}"

@@ -29,6 +29,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise StorageError(f"{uri!r} has no bucket name (expected s3://bucket/key)")
+    if bucket in (".", "..") or any(part in (".", "..") for part in key.split("/")):
+        raise StorageError(f"{uri!r}: '.' and '..' segments are not allowed in an s3:// URI")
     return bucket, key
 
 
