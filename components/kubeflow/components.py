@@ -1,7 +1,9 @@
-"""KFP v2 components: thin wrappers that map KFP inputs and outputs onto ``kfp_steps``.
+"""KFP v2 components: thin wrappers that map KFP inputs and outputs onto :mod:`components.kubeflow.steps`.
 
 Each function body imports the installed ``components`` package, so the same component runs in
 KFP's local SubprocessRunner (the current environment) and in the project image on a cluster.
+Artifact inputs and outputs carry the names of ``components.contracts.run_layout.ARTIFACTS``
+(``statistics``, ``training``, ``models``, ``evaluation``, ``dlpk``, ``stac``).
 :func:`make_components` binds them to an image; ``pipeline.py`` wires them.
 """
 
@@ -22,11 +24,12 @@ from kfp.dsl import (
 )
 
 
-def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str) -> str:
-    """Check object storage and MLflow before any work; open the pipeline's MLflow run."""
+def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str,
+                   promotion_metric: str, promotion_margin: float) -> str:
+    """Check the promotion settings, object storage and MLflow before any work; open the pipeline's MLflow run."""
     from components.kubeflow.steps import start_tracking as start
 
-    return start(dataset_uri, publish_uri, experiment, model_name, kfp_run_id)
+    return start(dataset_uri, publish_uri, experiment, model_name, kfp_run_id, promotion_metric, promotion_margin)
 
 
 def dataset_fingerprint(dataset_uri: str) -> str:
@@ -47,7 +50,7 @@ def dataset_statistics(
     test_ratio: float,
     seed: int,
     threshold: float,
-    prepared: Output[Dataset],
+    statistics: Output[Dataset],
     dataset_metrics: Output[Metrics],
 ):
     """Validate the dataset, split it by ground and compute the preprocessing statistics."""
@@ -57,8 +60,8 @@ def dataset_statistics(
     network_depth = TrainConfig(architecture=architecture, depth=depth).network_depth
     params = dict(image_size=image_size, network_depth=network_depth, train_ratio=train_ratio,
                   val_ratio=val_ratio, test_ratio=test_ratio, seed=seed, threshold=threshold)
-    stats = run_stats(dataset_uri, fingerprint, prepared.path, params)
-    prepared.metadata.update({"fingerprint": fingerprint, "dataset_uri": dataset_uri, "num_chips": stats["num_chips"]})
+    stats = run_stats(dataset_uri, fingerprint, statistics.path, params)
+    statistics.metadata.update({"fingerprint": fingerprint, "dataset_uri": dataset_uri, "num_chips": stats["num_chips"]})
     for split, count in stats["counts"].items():
         dataset_metrics.log_metric(f"chips_{split}", count)
         dataset_metrics.log_metric(f"positive_fraction_{split}", round(stats["positive_fraction"][split], 6))
@@ -67,7 +70,7 @@ def dataset_statistics(
 
 def train_model(
     dataset_uri: str,
-    prepared: Input[Dataset],
+    statistics: Input[Dataset],
     architecture: str,
     base_channels: int,
     depth: int,
@@ -83,34 +86,34 @@ def train_model(
     seed: int,
     precision: str,
     mlflow_run_id: str,
-    trained: Output[Model],
+    training: Output[Model],
     training_metrics: Output[Metrics],
 ):
     """Train the U-Net (Lightning) and keep the checkpoint with the best validation IoU."""
-    from components.kubeflow.steps import run_train, tracking_callbacks
+    from components.kubeflow.steps import run_train, tracking_listeners
 
     config = dict(architecture=architecture, base_channels=base_channels, depth=depth, loss=loss,
                   optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay,
                   lr_schedule=lr_schedule, augment=augment, epochs=epochs, batch_size=batch_size,
                   patience=patience, seed=seed, precision=precision)
-    result = run_train(dataset_uri, prepared.path, trained.path, config, tracking_callbacks(mlflow_run_id, config))
-    trained.metadata.update({"framework": "pytorch-lightning", "best_epoch": result["best_epoch"]})
+    result = run_train(dataset_uri, statistics.path, training.path, config, tracking_listeners(mlflow_run_id, config))
+    training.metadata.update({"framework": "pytorch-lightning", "best_epoch": result["best_epoch"]})
     for key in ("best_val_iou", "epochs_run", "train_images_per_second"):
         training_metrics.log_metric(key, round(float(result[key]), 6))
 
 
 def export_model(
     dataset_uri: str,
-    prepared: Input[Dataset],
-    trained: Input[Model],
-    exported: Output[Model],
+    statistics: Input[Dataset],
+    training: Input[Model],
+    models: Output[Model],
     export_metrics: Output[Metrics],
 ):
     """Export state dict, TorchScript and ONNX (probabilities, sigmoid inside), parity-checked."""
     from components.kubeflow.steps import run_export
 
-    report = run_export(dataset_uri, prepared.path, trained.path, exported.path)
-    exported.metadata.update({"onnx": "models/model.onnx", "torchscript": "models/model.pt",
+    report = run_export(dataset_uri, statistics.path, training.path, models.path)
+    models.metadata.update({"onnx": "models/model.onnx", "torchscript": "models/model.pt",
                               "state_dict": "models/model.pth", "output": report["output"]["description"]})
     export_metrics.log_metric("max_abs_diff_onnx", report["max_abs_diff_onnx"])
     export_metrics.log_metric("max_abs_diff_torchscript", report["max_abs_diff_torchscript"])
@@ -119,8 +122,8 @@ def export_model(
 
 def evaluate_model(
     dataset_uri: str,
-    prepared: Input[Dataset],
-    exported: Input[Model],
+    statistics: Input[Dataset],
+    models: Input[Model],
     evaluation: Output[Artifact],
     test_metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
@@ -133,54 +136,54 @@ def evaluate_model(
     from components.kubeflow.steps import run_evaluate
     from components.reporting.html_report import METRIC_NAMES, evaluation_html
 
-    metrics = run_evaluate(dataset_uri, prepared.path, exported.path, evaluation.path)
+    metrics = run_evaluate(dataset_uri, statistics.path, models.path, evaluation.path)
     for name in METRIC_NAMES:
         test_metrics.log_metric(name, round(metrics[name], 6))
     cm = metrics["confusion_matrix"]
     confusion_matrix.log_confusion_matrix(["background", "camp"], [[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
-    stats = json.loads((Path(prepared.path) / "stats.json").read_text())
+    stats = json.loads((Path(statistics.path) / "stats.json").read_text())
     Path(report.path).write_text(evaluation_html(metrics, Path(evaluation.path) / "evaluation", stats))
 
 
 def package_dlpk(
-    prepared: Input[Dataset],
-    exported: Input[Model],
+    statistics: Input[Dataset],
+    models: Input[Model],
     model_name: str,
     dlpk: Output[Model],
 ):
     """Package the TorchScript model as an Esri deep learning package (.dlpk) for ArcGIS Pro."""
     from components.kubeflow.steps import run_dlpk
 
-    package = run_dlpk(prepared.path, exported.path, dlpk.path, model_name)
+    package = run_dlpk(statistics.path, models.path, dlpk.path, model_name)
     dlpk.metadata.update({"file": str(package.relative_to(dlpk.path)), "runtime": "ArcGIS Pro deep learning (PyTorch)"})
 
 
 def generate_stac_item(
-    prepared: Input[Dataset],
-    trained: Input[Model],
-    exported: Input[Model],
+    statistics: Input[Dataset],
+    training: Input[Model],
+    models: Input[Model],
     evaluation: Input[Artifact],
     dlpk: Input[Model],
     model_name: str,
-    stac_item: Output[Artifact],
+    stac: Output[Artifact],
 ):
     """Describe the evaluated model as a STAC item with the MLM extension, validated offline."""
     from components.kubeflow.steps import run_stac
 
-    artifacts = dict(statistics=prepared.path, training=trained.path, models=exported.path,
+    artifacts = dict(statistics=statistics.path, training=training.path, models=models.path,
                      evaluation=evaluation.path, dlpk=dlpk.path)
-    item = run_stac(artifacts, stac_item.path, model_name)
-    stac_item.metadata.update({"id": item["id"], "file": "metadata/stac_item.json", "stac_version": item["stac_version"]})
+    item = run_stac(artifacts, stac.path, model_name)
+    stac.metadata.update({"id": item["id"], "file": "metadata/stac_item.json", "stac_version": item["stac_version"]})
 
 
 def register_model(
     dataset_uri: str,
-    prepared: Input[Dataset],
-    trained: Input[Model],
-    exported: Input[Model],
+    statistics: Input[Dataset],
+    training: Input[Model],
+    models: Input[Model],
     evaluation: Input[Artifact],
     dlpk: Input[Model],
-    stac_item: Input[Artifact],
+    stac: Input[Artifact],
     mlflow_run_id: str,
     model_name: str,
     promotion_metric: str,
@@ -191,8 +194,8 @@ def register_model(
     """Log the run to MLflow, register a model version, publish it, and move `champion` if better."""
     from components.kubeflow.steps import register_and_promote
 
-    artifacts = dict(statistics=prepared.path, training=trained.path, models=exported.path,
-                     evaluation=evaluation.path, dlpk=dlpk.path, stac=stac_item.path)
+    artifacts = dict(statistics=statistics.path, training=training.path, models=models.path,
+                     evaluation=evaluation.path, dlpk=dlpk.path, stac=stac.path)
     result = register_and_promote(artifacts, dataset_uri, mlflow_run_id, model_name, promotion_metric,
                                   promotion_margin, publish_uri)
     lines = [f"# {model_name} version {result['version']}: {result['decision'].replace('_', ' ')}", "",

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from components.contracts.errors import DatasetError
 from components.contracts.run_layout import ARTIFACT_FILES, RunLayout, read_json
@@ -30,7 +30,7 @@ def scratch_dir() -> Path:
 
 def dataset_fingerprint(dataset_uri: str) -> str:
     """Content fingerprint of the dataset (for S3 from the listing alone, nothing downloaded)."""
-    from components.storage.s3 import fingerprint, is_s3_uri
+    from components.storage import fingerprint, is_s3_uri
 
     if not is_s3_uri(dataset_uri) and not Path(dataset_uri).is_dir():
         raise DatasetError(f"dataset_uri={dataset_uri!r}: no such folder (and not an s3:// URI)")
@@ -39,7 +39,7 @@ def dataset_fingerprint(dataset_uri: str) -> str:
 
 def materialize_dataset(dataset_uri: str, expected_fingerprint: str | None, cache_dir: Path) -> Path:
     """A local folder with the dataset; fails if its content is not what the run was keyed on."""
-    from components.storage.s3 import fingerprint, is_s3_uri, materialize
+    from components.storage import fingerprint, is_s3_uri, materialize
 
     local = materialize(dataset_uri, cache_dir) if is_s3_uri(dataset_uri) else Path(dataset_uri)
     if expected_fingerprint:
@@ -118,13 +118,15 @@ def run_stats(dataset_uri: str, fingerprint: str, statistics_dir: str, params: M
         return stats
 
 
-def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: Mapping[str, Any], callbacks=()) -> dict:
-    """Training stage from the ``statistics`` artifact into the ``training`` artifact."""
+def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: Mapping[str, Any],
+              listeners: Sequence[Any] = ()) -> dict:
+    """Training stage from the ``statistics`` artifact into the ``training`` artifact; ``listeners``
+    (e.g. :func:`tracking_listeners`) hear of each epoch."""
     from components.contracts.config import TrainConfig
     from components.stages.train import train
 
     with staged_run(dataset_uri, statistics=statistics_dir) as (layout, data):
-        result = train(layout.root, TrainConfig.from_dict(config), data, callbacks=callbacks, progress_bar=True)
+        result = train(layout.root, TrainConfig.from_dict(config), data, listeners=listeners, progress_bar=True)
         collect(layout, "training", training_dir)
         return result
 
@@ -212,20 +214,23 @@ def tracking_uri() -> str:
     return uri
 
 
-def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str) -> str:
-    """Fail fast on unreachable storage or MLflow, then open the pipeline's MLflow run.
+def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str,
+                   promotion_metric: str = "iou", promotion_margin: float = 0.0) -> str:
+    """Fail fast on bad promotion settings, unreachable storage or MLflow, then open the pipeline's MLflow run.
 
     Returns:
         The MLflow run id (``MLFLOW_RUN_ID`` when KFP's MLflow plugin injected one).
     """
-    from components.stages.stac import check_model_name
-    from components.storage.s3 import check_bucket, is_s3_uri
-    from components.tracking.mlflow_tracking import (
+    from components.contracts.naming import check_model_name
+    from components.storage import check_bucket, is_s3_uri
+    from components.tracking import (
+        check_promotion_settings,
         check_tracking_server,
         run_id_from_env,
         start_pipeline_run,
     )
 
+    check_promotion_settings(promotion_metric, promotion_margin)
     check_model_name(model_name)
     if is_s3_uri(dataset_uri):
         check_bucket(dataset_uri)
@@ -244,42 +249,17 @@ def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_na
                               existing_run_id=run_id_from_env())
 
 
-def tracking_callbacks(mlflow_run_id: str, config: Mapping[str, Any] | None = None) -> list:
-    """Log the hyperparameters, and each epoch through a callback, into the pipeline's run."""
+def tracking_listeners(mlflow_run_id: str, config: Mapping[str, Any] | None = None) -> list:
+    """Log the hyperparameters into the pipeline's run; a listener that logs each epoch there."""
     if not mlflow_run_id:
         return []
-    from components.tracking.mlflow_tracking import MlflowEpochLogger, log_params
+    from components.tracking import MlflowEpochLogger, log_params
 
     uri = tracking_uri()
     if config:
         log_params(uri, mlflow_run_id, {f"train.{k}": v for k, v in config.items()})
     return [MlflowEpochLogger(uri, mlflow_run_id)]
 
-
-def champion_score_on(layout: RunLayout, model_name: str, data: Path, metric: str) -> tuple[str | None, float | None]:
-    """Re-score the current champion on this run's test split (its own preprocessing).
-
-    Returns ``(champion_version, score)``, or ``(None, None)`` when there is no champion.
-    """
-    import mlflow
-
-    from components.contracts.preprocessing import Preprocessing
-    from components.data.manifest import read_manifest
-    from components.ml.scoring import onnx_predictor, score
-
-    client = mlflow.MlflowClient(tracking_uri())
-    try:
-        champion = client.get_model_version_by_alias(model_name, "champion")
-    except Exception:  # noqa: BLE001 - no registered model or no alias yet
-        return None, None
-    with tempfile.TemporaryDirectory(prefix="campseg-champion-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{model_name}@champion", dst_path=tmp, tracking_uri=tracking_uri()))
-        prep = Preprocessing.from_stats(read_json(next(local.rglob("stats.json"))))
-        onnx_file = next(local.rglob("*.onnx"))
-        pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
-        values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep)
-    return champion.version, float(values[metric])
 
 
 def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_run_id: str, model_name: str,
@@ -288,10 +268,13 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
 
     Order keeps anything half-done from looking final: artifacts are logged, then the version is
     registered; publishing to object storage follows, and a failure there deletes the version;
-    the ``champion`` alias moves last, only for a better model.
+    the ``champion`` alias moves last, only for a better model (never when the registry cannot
+    say who the champion is).
     """
-    from components.tracking.mlflow_tracking import (
+    from components.tracking import (
+        champion_score_on,
         compute_test_split_id,
+        delete_version,
         log_dataset,
         log_history,
         log_run_artifacts,
@@ -309,45 +292,32 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
         published = {}
         if publish_uri:
             try:
-                from components.storage.s3 import join_uri
-                from components.storage.s3.publish import publish_run
+                from components.storage import join_uri
+                from components.storage.publish import publish_run
 
                 published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name)
             except Exception:
-                import mlflow
-
-                mlflow.MlflowClient(uri).delete_model_version(model_name, version)
+                delete_version(uri, model_name, version)
                 raise
-        split_id = compute_test_split_id(layout.root)
-        champion_version, champion_score = champion_score_on(layout, model_name, data, metric)
-        decision = promote_if_better(
-            uri, model_name, version, metric, margin, test_split_id=split_id,
-            champion_score_on_split=champion_score if champion_version != version else None,
-        )
+        champion = champion_score_on(uri, layout, model_name, data, metric)
+        decision = promote_if_better(uri, model_name, version, metric, margin,
+                                     test_split_id=compute_test_split_id(layout.root),
+                                     champion_score_on_split=champion)
         return {**decision, "version": version, "mlflow_run_id": mlflow_run_id, **published}
 
 
 def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:
     """Exit handler: mark the pipeline's MLflow run FINISHED, or FAILED when a step failed."""
-    import mlflow
-
-    from components.tracking.mlflow_tracking import (
-        KFP_RUN_ID_TAG,
-        check_tracking_server,
-        end_run,
-    )
+    from components.tracking import check_tracking_server, end_run, running_runs_of
 
     try:
         uri = tracking_uri()
         check_tracking_server(uri)  # fast and without retries: MLflow's client would retry for minutes
-        client = mlflow.MlflowClient(uri)
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'")
+        run_ids = running_runs_of(uri, kfp_run_id)
     except Exception as exc:  # noqa: BLE001 - the first step may have failed on exactly this
         print(f"end_tracking: MLflow not reachable ({exc}); nothing to close")
         return None
     status = "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED"
-    for run in runs:
-        if run.info.status == "RUNNING":
-            end_run(uri, run.info.run_id, status, reason=error or None)
+    for run_id in run_ids:
+        end_run(uri, run_id, status, reason=error or None)
     return status

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 import pipeline
+from components.contracts.config import TrainConfig
+from components.contracts.preprocessing import Preprocessing
+from components.data.splits import SplitRatios
 
 STAGE_TASKS = {"dataset-statistics", "train-model", "export-model", "evaluate-model", "package-dlpk", "generate-stac-item"}
 
@@ -77,6 +80,21 @@ def test_parameters_have_descriptions_and_required_dataset(compiled):
     assert "defaultValue" not in params["dataset_uri"]
 
 
+def test_parameter_defaults_are_the_library_defaults(compiled):
+    """Split and training defaults come from SplitRatios and TrainConfig; the cluster's budget is its own."""
+    _, docs = compiled
+    defaults = {name: p.get("defaultValue") for name, p in docs["spec"]["root"]["inputDefinitions"]["parameters"].items()}
+    ratios, config = SplitRatios(), TrainConfig()
+    assert (defaults["split_train_ratio"], defaults["split_val_ratio"], defaults["split_test_ratio"]) == (
+        ratios.train, ratios.val, ratios.test) == (0.7, 0.15, 0.15)
+    assert defaults["split_seed"] == config.seed == 42
+    for name in ("architecture", "base_channels", "depth", "loss", "optimizer", "learning_rate", "weight_decay",
+                 "lr_schedule", "augment", "precision"):
+        assert defaults[f"train_{name}"] == getattr(config, name), name
+    assert defaults["model_threshold"] == Preprocessing.threshold == 0.5
+    assert (defaults["train_epochs"], defaults["train_batch_size"], defaults["train_patience"]) == (50, 16, 10)
+
+
 def test_caching_never_serves_stale_data(compiled):
     _, docs = compiled
     dag = dag_tasks(docs["spec"])
@@ -92,6 +110,11 @@ def test_caching_never_serves_stale_data(compiled):
 def test_storage_steps_retry_with_backoff(compiled):
     _, docs = compiled
     dag = dag_tasks(docs["spec"])
-    for name in pipeline.STORAGE_STAGES:
+    retrying = {name for name, step in pipeline.STEPS.items() if step.retry}
+    assert retrying == {"start-tracking", "dataset-fingerprint", "dataset-statistics", "train-model", "export-model",
+                        "evaluate-model", "register-model"}
+    for name in retrying:
         policy = dag[name]["retryPolicy"]
         assert policy["maxRetryCount"] == 3 and policy["backoffFactor"] == 2.0
+    for name in set(dag) - retrying - {"exit-handler-1", "close-mlflow-run-on-exit"}:
+        assert "retryPolicy" not in dag[name], name

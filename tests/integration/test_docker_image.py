@@ -145,7 +145,7 @@ def test_pipeline_components_run_in_the_image_with_docker_runner(image, tmp_path
     )
     print(f"two components in DockerRunner: {time.monotonic() - start:.1f} s")
     assert fingerprint == dataset_fingerprint(str(data))
-    in_image = json.loads((Path(stats_task.outputs["prepared"].path) / "stats.json").read_text())
+    in_image = json.loads((Path(stats_task.outputs["statistics"].path) / "stats.json").read_text())
     on_host = compute_statistics(data, tmp_path / "host", network_depth=3, dataset_uri=str(data), fingerprint=fingerprint)
     assert in_image == on_host
     assert stats_task.outputs["dataset_metrics"].metadata["chips_train"] == on_host["counts"]["train"]

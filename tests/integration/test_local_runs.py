@@ -9,6 +9,7 @@ import pytest
 
 import pipeline
 from components.data.sample_data import generate_sample_dataset
+from components.kubeflow.local_runner import LOCAL_SETTINGS, run_local
 from tests.support.datasets import SMALL_RUN
 
 LOCAL_RUN = dict(SMALL_RUN, train_epochs=2)
@@ -26,7 +27,7 @@ def yaml_run(compiled, small_dataset, tmp_path_factory) -> Path:
     path, _ = compiled
     loaded = components.load_component_from_file(str(path))
     out = tmp_path_factory.mktemp("yaml_run") / "run"
-    pipeline.run_local({"dataset_uri": str(small_dataset), **LOCAL_RUN}, out, pipeline_func=loaded)
+    run_local({"dataset_uri": str(small_dataset), **LOCAL_RUN}, out, pipeline_func=loaded)
     return out
 
 
@@ -45,7 +46,7 @@ def test_yaml_pipeline_runs_locally_end_to_end(yaml_run):
 
 def test_yaml_run_and_code_run_agree(yaml_run, small_dataset, tmp_path):
     out = tmp_path / "run"
-    summary = pipeline.run_local({"dataset_uri": str(small_dataset), **LOCAL_RUN}, out)
+    summary = run_local({"dataset_uri": str(small_dataset), **LOCAL_RUN}, out, pipeline.build_pipeline(LOCAL_SETTINGS))
     expected = json.loads((yaml_run / "summary.json").read_text())
     assert summary["test_metrics"] == pytest.approx(expected["test_metrics"], abs=1e-6)
     assert json.loads((out / "stats.json").read_text()) == json.loads((yaml_run / "stats.json").read_text())

@@ -2,7 +2,7 @@
 
 The servers come from tests.server_fixtures: SeaweedFS for S3, and ``mlflow server`` with its
 runs in PostgreSQL and its artifacts in a bucket on that SeaweedFS. Each test runs the real
-pipeline (``pipeline.run_local`` in this process, or ``python pipeline.py --run-local`` where the
+pipeline (:func:`run_in_process`, or ``python pipeline.py --run-local`` where the
 user's view of a failure matters), then asks MLflow's API and the bucket directly what happened:
 
 - happy path: the dataset read from S3, params, per-epoch metric history, artifacts in the
@@ -35,6 +35,7 @@ import pytest
 import pipeline
 from components import storage
 from components.data.sample_data import generate_sample_dataset
+from components.kubeflow.local_runner import LOCAL_SETTINGS, run_local
 from tests.support.cli import error_line, run_pipeline
 from tests.support.datasets import SMALL_RUN
 from tests.support.servers import SeaweedS3, free_port
@@ -45,6 +46,11 @@ pytestmark = pytest.mark.integration
 SMALL = dict(SMALL_RUN, train_patience=10, split_seed=42)
 SMALL_FLAGS = ["--dataset-image-size", "0", "--train-base-channels", "8", "--train-depth", "3",
                "--train-batch-size", "8", "--train-epochs", "1"]
+
+
+def run_in_process(arguments: dict, out: Path) -> dict:
+    """The pipeline through kfp.local in this process, as ``--run-local`` runs it; its summary."""
+    return run_local(arguments, out, pipeline.build_pipeline(LOCAL_SETTINGS))
 
 
 def unique(prefix: str) -> str:
@@ -119,7 +125,7 @@ def happy(s3_server, mlflow_server, data_bucket, tmp_path_factory) -> dict:
     arguments = dict(SMALL, dataset_uri=f"s3://{data_bucket}/data/", model_publish_uri=f"s3://{data_bucket}/published/",
                      model_name=name, tracking_experiment=name, train_epochs=3)
     with server_env(s3_server, mlflow_server.tracking_uri):
-        summary = pipeline.run_local(arguments, out)
+        summary = run_in_process(arguments, out)
     return {"name": name, "out": out, "summary": summary, "arguments": arguments,
             "run": mlflow_client(mlflow_server).get_run(summary["mlflow"]["run_id"])}
 
@@ -197,7 +203,7 @@ def test_happy_run_artifacts_in_the_bucket_with_local_sizes(happy, mlflow_server
 def test_happy_run_registered_version_has_signature_and_is_champion(happy, mlflow_server):
     import mlflow
 
-    from components.tracking.mlflow_tracking import _global_uri
+    from components.tracking import global_uri
 
     name, version = happy["name"], happy["summary"]["mlflow"]["model_version"]
     client = mlflow_client(mlflow_server)
@@ -207,7 +213,7 @@ def test_happy_run_registered_version_has_signature_and_is_champion(happy, mlflo
     assert float(mv.tags["metric.iou"]) == pytest.approx(happy["summary"]["test_metrics"]["iou"], abs=1e-9)
     assert mv.tags["promotion.decision"] == "promoted" and mv.tags["promotion.rule"] == "first_champion"
     assert client.get_model_version_by_alias(name, "champion").version == version
-    with _global_uri(mlflow_server.tracking_uri):
+    with global_uri(mlflow_server.tracking_uri):
         info = mlflow.models.get_model_info(f"models:/{name}/{version}")
     assert info.signature is not None
     (inp,) = info.signature.inputs.inputs
@@ -244,7 +250,7 @@ def test_champion_moves_only_to_a_better_version(s3_server, mlflow_server, data_
 
     def run(tag: str, **params) -> dict:
         with server_env(s3_server, mlflow_server.tracking_uri):
-            summary = pipeline.run_local({**base, **params}, tmp_path / tag)
+            summary = run_in_process({**base, **params}, tmp_path / tag)
         version = summary["mlflow"]["model_version"]
         return {"summary": summary, "version": version, "iou": summary["test_metrics"]["iou"],
                 "tags": client.get_model_version(name, version).tags}
@@ -442,7 +448,7 @@ def test_upload_cut_once_is_retried_and_published_files_are_intact(s3_server, ml
     with CuttingProxy(s3_server.s3_port) as proxy:
         with server_env(s3_server, mlflow_server.tracking_uri, AWS_ENDPOINT_URL=proxy.endpoint,
                         MLFLOW_S3_ENDPOINT_URL=proxy.endpoint):
-            summary = pipeline.run_local(arguments, out)
+            summary = run_in_process(arguments, out)
     assert len(proxy.cuts) == 1, proxy.cuts
     request_line, length, forwarded = proxy.cuts[0]
     assert request_line.startswith(f"PUT /{data_bucket}/published/{name}/"), request_line

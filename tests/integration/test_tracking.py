@@ -151,7 +151,7 @@ def test_registered_version_has_signature_example_and_stac_item(first, client, m
     version = client.get_model_version(model_name, first["version"])
     assert version.run_id == first["run_id"]
     uri = f"models:/{model_name}/{first['version']}"
-    with tracking._global_uri(mlflow_server.tracking_uri):
+    with tracking.global_uri(mlflow_server.tracking_uri):
         info = mlflow.models.get_model_info(uri)
         stac = mlflow.artifacts.download_artifacts(f"{uri}/extra_files/stac_item.json")
         example = mlflow.artifacts.download_artifacts(f"{uri}/input_example.json")
@@ -292,9 +292,12 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri():
 
 
 def test_local_sqlite_store_without_server(trained_run, tmp_path, monkeypatch):
-    import lightning as L
-    import torch
     from mlflow import MlflowClient
+
+    from components.contracts.config import TrainConfig
+    from components.stages.stats import compute_statistics
+    from components.stages.train import train
+    from tests.support.datasets import make_dataset
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -311,39 +314,73 @@ def test_local_sqlite_store_without_server(trained_run, tmp_path, monkeypatch):
     assert (out / "mlartifacts" / result["run_id"] / "artifacts" / "models" / "model.onnx").is_file()
     assert not (tmp_path / "mlruns").exists()  # nothing in the working directory
 
-    # the Lightning callback: one point per epoch, live
+    # the epoch listener, driven by a real (tiny) training: one point per epoch, live
     run_id = tracking.start_pipeline_run(uri, "campseg-local", "callback", None, PARAMS, None)
-
-    class Tiny(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, _):
-            loss = self.layer(batch[0]).pow(2).mean()
-            self.log("train_loss", loss, on_epoch=True, on_step=False)
-            self.log("lr", 0.1, on_epoch=True, on_step=False)
-            return loss
-
-        def validation_step(self, batch, _):
-            self.log("val_loss", self.layer(batch[0]).pow(2).mean())
-            self.log("val_iou", float(self.current_epoch) / 10)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    tiny = tmp_path / "tiny-run"
+    compute_statistics(make_dataset(tmp_path / "tiny-data", n_groups=6, per_group=4, size=32), tiny,
+                       network_depth=2)
     logger = tracking.MlflowEpochLogger(uri, run_id)
-    L.Trainer(max_epochs=3, callbacks=[logger], logger=False, enable_progress_bar=False,
-              enable_checkpointing=False, enable_model_summary=False,
-              num_sanity_val_steps=0).fit(Tiny(), data, data)
+    train(tiny, TrainConfig(base_channels=4, depth=2, epochs=3, batch_size=4, patience=10),
+          listeners=[logger], progress_bar=False)
     assert logger.failures == 0
+    assert [row["epoch"] for row in logger.rows] == [0, 1, 2]
     for key in ("train_loss", "val_loss", "val_iou", "lr"):
         assert [p.step for p in client.get_metric_history(run_id, key)] == [0, 1, 2], key
+    assert client.get_metric_history(run_id, "seconds") == []  # a row's time is not a metric
     run = client.get_run(run_id)
-    assert run.data.metrics["best_epoch"] == 2
+    best = max(logger.rows, key=lambda r: r["val_iou"])
+    assert run.data.metrics["best_epoch"] == best["epoch"]
+    assert run.data.metrics["best_val_iou"] == pytest.approx(best["val_iou"])
     assert run.data.tags["system.train.python"]
     # log_history afterwards fills nothing twice
     tracking.log_history(uri, run_id, logger.rows)
     assert len(client.get_metric_history(run_id, "val_iou")) == 3
     tracking.end_run(uri, run_id, "FINISHED")
+
+
+def test_unreadable_champion_is_never_replaced(trained_run, tmp_path, monkeypatch):
+    """Only a missing alias means "no champion"; any other registry error keeps the alias (fail closed)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from components.contracts.run_layout import RunLayout
+
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.tracking_uri_from_env(tmp_path / "out", env={})
+    name = "campseg-unreadable"
+    # no registered model at all: no champion, nothing to re-score
+    assert tracking.champion_score_on(uri, RunLayout(trained_run), name, None, "iou") is None
+    first = publish(uri, trained_run, name, experiment="campseg-local")
+    assert first["decision"]["rule"] == "first_champion"  # the model exists, the alias does not
+    client = MlflowClient(uri, registry_uri=uri)
+    first_iou = float(client.get_model_version(name, first["version"]).tags["metric.iou"])
+
+    # the champion re-scored on the run's own test split: the same score as its evaluation
+    rescored = tracking.champion_score_on(uri, RunLayout(trained_run), name, None, "iou")
+    assert (rescored.version, rescored.rescored) == (first["version"], True)
+    assert rescored.value == pytest.approx(first_iou, abs=1e-5)
+
+    def unavailable(self, model_name, alias):
+        raise MlflowException("API request failed with error code 503 != 200", error_code=TEMPORARILY_UNAVAILABLE)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(MlflowClient, "get_model_version_by_alias", unavailable)
+        unreadable = tracking.champion_score_on(uri, RunLayout(trained_run), name, None, "iou")
+        assert isinstance(unreadable, tracking.ChampionUnreadable) and "503" in unreadable.error
+        better = publish(uri, copy_with_iou(trained_run, tmp_path, first_iou + 0.05, "better"), name,
+                         experiment="campseg-local")
+    decision = better["decision"]
+    assert (decision["decision"], decision["rule"]) == ("not_promoted", "champion_unreadable")
+    assert "503" in decision["reason"] and "fail closed" in decision["reason"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["version"]
+    assert client.get_model_version(name, better["version"]).tags["promotion.rule"] == "champion_unreadable"
+
+    # an unreadable re-score fails closed too, even when the alias itself reads fine
+    again = tracking.promote_if_better(uri, name, better["version"], "iou", 0.0,
+                                       champion_score_on_split=unreadable)
+    assert again["rule"] == "champion_unreadable"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["version"]
+    # once the registry answers, the better version is promoted as usual
+    assert tracking.promote_if_better(uri, name, better["version"], "iou", 0.0)["rule"] == "better"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better["version"]

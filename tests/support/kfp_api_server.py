@@ -2,7 +2,7 @@
 
 No KFP backend can run in this environment, so the submission tests talk to this server instead.
 It implements, with in-memory state and generated ids, the routes the client uses in
-``pipeline.submit``:
+``components.kubeflow.submission.submit``:
 
 =======  ==========================================  ======================================
 GET      /apis/v2beta1/healthz                       ``kfp.Client()`` calls it on start

@@ -1,0 +1,205 @@
+"""The command line of ``pipeline.py``: compile, run locally, submit, or build the images and compile.
+
+    python pipeline.py --compile [--output pipeline.yaml] [cluster flags]
+    python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
+    python pipeline.py --submit --host URL [--experiment NAME] [--schedule CRON] [parameters]
+    python pipeline.py --build-images --registry REGISTRY [--tag TAG] [--push] [cluster flags]
+
+``pipeline.py`` holds the pipeline and hands its factory to :func:`main`.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from components.cli.stages import SAMPLE_CHIPS, SAMPLE_SIZE
+from components.contracts.errors import PipelineInputError
+from components.data.sample_data import generate_sample_dataset
+from components.kubeflow.cluster import ClusterSettings, Resources, Step
+from components.kubeflow.images import build_images
+from components.kubeflow.local_runner import LOCAL_DEFAULTS, LOCAL_SETTINGS, LocalRunFailed, print_summary, run_local
+from components.kubeflow.submission import check_cron, compile_package, kfp_client, submit
+
+#: ``build_pipeline(settings)``: the pipeline function, its steps configured for ``settings``.
+PipelineFactory = Callable[[ClusterSettings], Any]
+#: Python type of each KFP parameter type (booleans parse with :func:`_bool`).
+_KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": None}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_resources(text: str) -> tuple[str, Resources]:
+    """``STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM``, e.g. ``train-model=4,8,16Gi,32Gi``."""
+    try:
+        step, values = text.split("=", 1)
+        cpu_req, cpu_lim, mem_req, mem_lim = values.split(",")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--resources {text!r}: expected STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM") from None
+    return step, Resources(cpu_req, cpu_lim, mem_req, mem_lim)
+
+
+def add_parameter_flags(parser: argparse.ArgumentParser, pipeline_func) -> None:
+    """One ``--flag`` per pipeline parameter, with the docstring's description as help."""
+    group = parser.add_argument_group("pipeline parameters (default: the pipeline's own)")
+    for name, spec in pipeline_func.component_spec.inputs.items():
+        kind = _KFP_TYPES[spec.type] or _bool
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                           help=f"{spec.description} (default: {spec.default!r})")
+
+
+def pipeline_arguments(args: argparse.Namespace, pipeline_func, local: bool) -> dict[str, Any]:
+    """The parameters the user set, plus the lighter local defaults for ``--run-local``."""
+    names = pipeline_func.component_spec.inputs
+    chosen = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if local:
+        chosen = {**LOCAL_DEFAULTS, **chosen}
+    return chosen
+
+
+def settings_from_args(args: argparse.Namespace, steps: Mapping[str, Step]) -> ClusterSettings:
+    """The cluster settings of the flags; ``--resources`` must name a step of ``steps``."""
+    s = ClusterSettings(image=args.image, gpu_image=args.gpu_image, accelerator_type=args.accelerator_type,
+                        accelerator_count=args.accelerator_count, storage_secret=args.storage_secret,
+                        config_map=args.config_map, mlflow_secret=args.mlflow_secret, retries=args.retries,
+                        backoff=args.retry_backoff)
+    s.gpu_node_selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else None
+    if args.gpu_toleration:
+        parts = args.gpu_toleration.split(":")
+        if len(parts) != 3:
+            raise SystemExit(f"--gpu-toleration {args.gpu_toleration!r}: expected KEY:OPERATOR:EFFECT")
+        s.gpu_toleration = tuple(parts)
+    else:
+        s.gpu_toleration = None
+    for step, resources in args.resources or ():
+        if step not in steps:
+            raise SystemExit(f"--resources: unknown step {step!r}; steps: {', '.join(steps)}")
+        s.resources[step] = resources
+    return s
+
+
+def build_parser(pipeline_func) -> argparse.ArgumentParser:
+    """The flags: a mode, its options, the cluster settings and one flag per pipeline parameter."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--compile", action="store_true", help="write the pipeline YAML")
+    mode.add_argument("--run-local", action="store_true", help="run with kfp.local in this environment")
+    mode.add_argument("--submit", action="store_true", help="upload a new pipeline version and start a run")
+    mode.add_argument("--build-images", action="store_true",
+                      help="build (and --push) the CPU and CUDA images, then compile the pipeline with them")
+    parser.add_argument("--registry", default="", help="image registry of --build-images, e.g. registry.example.com/campseg")
+    parser.add_argument("--tag", default=None, help="image tag of --build-images (default: the project version)")
+    parser.add_argument("--push", action="store_true", help="push the built images (uses the engine's docker login)")
+    parser.add_argument("--wheelhouse", type=Path, default=None, help="install from this wheel folder (offline builds)")
+    parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"), help="YAML path of --compile")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/local"), help="run folder of --run-local")
+    parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
+    parser.add_argument("--experiment", default="camp-segmentation", help="KFP experiment of --submit")
+    parser.add_argument("--version-name", default=None, help="pipeline version name (default: a timestamp)")
+    parser.add_argument("--service-account", default=None,
+                        help="Kubernetes service account of the run's pods (e.g. campseg-pipeline-runner from manifests/)")
+    parser.add_argument("--schedule", default=None, help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *'")
+    cluster = parser.add_argument_group("cluster settings (compile time)")
+    d = ClusterSettings()
+    cluster.add_argument("--image", default=d.image, help="image of the CPU steps (see docker/)")
+    cluster.add_argument("--gpu-image", default="", help="image of the GPU steps, the CUDA image (default: --image)")
+    cluster.add_argument("--accelerator-type", default=d.accelerator_type)
+    cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count)
+    cluster.add_argument("--gpu-node-selector", default="=".join(d.gpu_node_selector), help="LABEL=VALUE of the GPU node pool; '' for none")
+    cluster.add_argument("--gpu-toleration", default=":".join(d.gpu_toleration), help="KEY:OPERATOR:EFFECT of the GPU taint; '' for none")
+    cluster.add_argument("--storage-secret", default=d.storage_secret, help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    cluster.add_argument("--mlflow-secret", default=d.mlflow_secret, help="optional Secret with MLFLOW_TRACKING_USERNAME/PASSWORD")
+    cluster.add_argument("--config-map", default=d.config_map, help="ConfigMap with AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, ...")
+    cluster.add_argument("--retries", type=int, default=d.retries, help="retries of the steps that talk to storage")
+    cluster.add_argument("--retry-backoff", default=d.backoff, help="first retry delay (doubles each retry)")
+    cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
+    add_parameter_flags(parser, pipeline_func)
+    return parser
+
+
+def run_local_command(args: argparse.Namespace, build_pipeline: PipelineFactory, arguments: dict[str, Any]) -> None:
+    """``--run-local``: the pipeline through kfp.local, on the sample dataset unless ``--dataset-uri``."""
+    if not arguments.get("dataset_uri"):
+        sample = args.output_dir.resolve() / "sample-data"
+        arguments["dataset_uri"] = str(generate_sample_dataset(sample, SAMPLE_CHIPS, SAMPLE_SIZE))
+    summary = run_local(arguments, args.output_dir, build_pipeline(LOCAL_SETTINGS))
+    print_summary(summary, args.output_dir)
+
+
+def submit_command(args: argparse.Namespace, build_pipeline: PipelineFactory, steps: Mapping[str, Step],
+                   arguments: dict[str, Any]) -> None:
+    """``--submit``: compile with the cluster flags, upload a new version, start a run or a schedule."""
+    if "dataset_uri" not in arguments:
+        raise PipelineInputError("--submit needs --dataset-uri (an s3:// prefix the cluster can read)")
+    if args.schedule:
+        check_cron(args.schedule)
+    version = args.version_name or time.strftime("v%Y%m%d-%H%M%S")
+    pipeline_func = build_pipeline(settings_from_args(args, steps))
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_package(pipeline_func, Path(tmp) / "pipeline.yaml")
+        result = submit(kfp_client(args.host), package, pipeline_func.name, arguments, args.experiment, version,
+                        args.schedule, service_account=args.service_account)
+    kind = "recurring run" if args.schedule else "run"
+    ident = getattr(result, "recurring_run_id", None) or getattr(result, "run_id", None)
+    print(f"Created {kind} {ident} of {pipeline_func.name} version {version}.")
+
+
+def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Mapping[str, Step]) -> int:
+    """Parse ``argv`` and run its mode; errors reach the user as one ``error:`` line.
+
+    Args:
+        argv: the flags (default: ``sys.argv[1:]``).
+        build_pipeline: ``pipeline.build_pipeline``, the pipeline for a :class:`ClusterSettings`.
+        steps: ``pipeline.STEPS``, the step policy table (the names ``--resources`` accepts).
+
+    Returns:
+        The exit status: 0, 1 when a run or the KFP server failed, 2 for invalid input.
+    """
+    default = build_pipeline(ClusterSettings())
+    args = build_parser(default).parse_args(argv)
+    try:
+        if args.compile:
+            path = compile_package(build_pipeline(settings_from_args(args, steps)), args.output)
+            print(f"Wrote {path}: upload it in the Kubeflow Pipelines UI (Pipelines > Upload pipeline).")
+        elif args.build_images:
+            refs = build_images(args.registry, args.tag, args.push, args.wheelhouse)
+            args.image, args.gpu_image = refs["cpu"], refs["cuda"]
+            path = compile_package(build_pipeline(settings_from_args(args, steps)), args.output)
+            print(f"Images: {refs}\nWrote {path} referencing them.")
+        elif args.run_local:
+            run_local_command(args, build_pipeline, pipeline_arguments(args, default, local=True))
+        else:
+            submit_command(args, build_pipeline, steps, pipeline_arguments(args, default, local=False))
+    except (PipelineInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LocalRunFailed as exc:
+        print(f"error: the local pipeline run failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # errors from the KFP server reach the user in plain words
+        return _server_error(exc, args.host)
+    return 0
+
+
+def _server_error(exc: Exception, host: str | None) -> int:
+    """Exit status 1 and one ``error:`` line for a KFP server's refusal or silence; re-raise the rest."""
+    if type(exc).__name__ == "ApiException":
+        print(f"error: the KFP server refused the request ({getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}): "
+              f"{getattr(exc, 'body', exc)}", file=sys.stderr)
+        return 1
+    import urllib3
+
+    if isinstance(exc, (urllib3.exceptions.HTTPError, TimeoutError)):  # no answer: unreachable host, dropped connection
+        host = host or os.environ.get("KF_PIPELINES_ENDPOINT", "")
+        print(f"error: cannot reach the KFP server at {host}: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        return 1
+    raise exc
