@@ -149,7 +149,7 @@ def bench_training(data: Path, image_size: int, epochs: int, work: Path) -> dict
     for name, config in recipes(epochs).items():
         run = work / name
         run.mkdir(parents=True)
-        for file in ("stats.json", "dataset_manifest.json"):
+        for file in ("stats.json", "dataset_manifest.json", ".campseg-run.json"):  # the marker: a run folder
             shutil.copy(stats_run / file, run / file)
         timer = epoch_timer()
         result = train(run, config, data, callbacks=[timer], progress_bar=False)

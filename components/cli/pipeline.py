@@ -10,15 +10,14 @@
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from components.cli.stages import SAMPLE_CHIPS, SAMPLE_SIZE
-from components.contracts.errors import PipelineInputError
-from components.data.sample_data import generate_sample_dataset
+from components.cli.common import DEBUG_FLAG, DEBUG_HELP, check_numbers, pop_debug, report
+from components.contracts.config import TrainConfig
+from components.contracts.errors import ParameterError, PipelineInputError
 from components.kubeflow.cluster import ClusterSettings, Resources, Step
 from components.kubeflow.images import build_images
 from components.kubeflow.local_runner import LOCAL_DEFAULTS, LOCAL_SETTINGS, LocalRunFailed, print_summary, run_local
@@ -66,6 +65,51 @@ def pipeline_arguments(args: argparse.Namespace, pipeline_func, local: bool) -> 
     return chosen
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> None:
+    """Refuse bad pipeline parameters here, before any step runs or is submitted.
+
+    The values are ``arguments`` over the pipeline's defaults: every float finite, ``split_seed``
+    in ``0 .. 2**32-1``, the training options as :class:`TrainConfig` takes them, the split ratios,
+    the threshold, the model name and the promotion settings (the first step checks the last two
+    again on the cluster).
+
+    Raises:
+        ParameterError: naming the parameter's flag.
+    """
+    from components.contracts.naming import check_model_name
+    from components.data.splits import SplitRatios
+    from components.tracking.promotion import check_promotion_settings
+
+    inputs = pipeline_func.component_spec.inputs
+    values = {name: spec.default for name, spec in inputs.items() if spec.default is not None}
+    values.update(arguments)
+    check_numbers(values, seeds=("split_seed",))
+    train = {name.removeprefix("train_"): v for name, v in values.items() if name.startswith("train_")}
+    try:
+        TrainConfig(**train, seed=values.get("split_seed", TrainConfig.seed))
+    except (ParameterError, TypeError) as exc:  # name the pipeline's flag, not the config field
+        text = str(exc)
+        for field in train:
+            if text.startswith(f"{field}="):
+                text = _flag("train_" + field) + text[len(field):]
+        raise ParameterError(text) from None
+    if "split_train_ratio" in values:
+        SplitRatios(values["split_train_ratio"], values["split_val_ratio"], values["split_test_ratio"])
+    if values.get("dataset_image_size", 0) < 0:
+        raise ParameterError(f"--dataset-image-size={values['dataset_image_size']}: must be >= 0 "
+                             "(0: the chips' own size)")
+    if "model_threshold" in values and not 0 < values["model_threshold"] < 1:
+        raise ParameterError(f"--model-threshold={values['model_threshold']!r}: must lie strictly between 0 and 1")
+    if "model_name" in values:
+        check_model_name(values["model_name"])
+    check_promotion_settings(values.get("tracking_promotion_metric", "iou"),
+                             values.get("tracking_promotion_margin", 0.0))
+
+
 def settings_from_args(args: argparse.Namespace, steps: Mapping[str, Step]) -> ClusterSettings:
     """The cluster settings of the flags; ``--resources`` must name a step of ``steps``."""
     s = ClusterSettings(image=args.image, gpu_image=args.gpu_image, accelerator_type=args.accelerator_type,
@@ -76,13 +120,13 @@ def settings_from_args(args: argparse.Namespace, steps: Mapping[str, Step]) -> C
     if args.gpu_toleration:
         parts = args.gpu_toleration.split(":")
         if len(parts) != 3:
-            raise SystemExit(f"--gpu-toleration {args.gpu_toleration!r}: expected KEY:OPERATOR:EFFECT")
+            raise ParameterError(f"--gpu-toleration {args.gpu_toleration!r}: expected KEY:OPERATOR:EFFECT")
         s.gpu_toleration = tuple(parts)
     else:
         s.gpu_toleration = None
     for step, resources in args.resources or ():
         if step not in steps:
-            raise SystemExit(f"--resources: unknown step {step!r}; steps: {', '.join(steps)}")
+            raise ParameterError(f"--resources: unknown step {step!r}; steps: {', '.join(steps)}")
         s.resources[step] = resources
     return s
 
@@ -122,15 +166,14 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     cluster.add_argument("--retries", type=int, default=d.retries, help="retries of the steps that talk to storage")
     cluster.add_argument("--retry-backoff", default=d.backoff, help="first retry delay (doubles each retry)")
     cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     add_parameter_flags(parser, pipeline_func)
     return parser
 
 
 def run_local_command(args: argparse.Namespace, build_pipeline: PipelineFactory, arguments: dict[str, Any]) -> None:
-    """``--run-local``: the pipeline through kfp.local, on the sample dataset unless ``--dataset-uri``."""
-    if not arguments.get("dataset_uri"):
-        sample = args.output_dir.resolve() / "sample-data"
-        arguments["dataset_uri"] = str(generate_sample_dataset(sample, SAMPLE_CHIPS, SAMPLE_SIZE))
+    """``--run-local``: the pipeline through kfp.local, on the sample dataset unless ``--dataset-uri``
+    (written by :func:`run_local` into the run folder once the folder is checked and locked)."""
     summary = run_local(arguments, args.output_dir, build_pipeline(LOCAL_SETTINGS))
     print_summary(summary, args.output_dir)
 
@@ -162,8 +205,11 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
         steps: ``pipeline.STEPS``, the step policy table (the names ``--resources`` accepts).
 
     Returns:
-        The exit status: 0, 1 when a run or the KFP server failed, 2 for invalid input.
+        The exit status: 0; 2 for invalid input (checked before a local run or a submission) or
+        another failure the user can act on; 1 when a local run or the KFP server failed, or on an
+        unexpected error. ``--debug`` (or ``CAMPSEG_DEBUG=1``) prints the traceback too.
     """
+    argv, debug = pop_debug(argv)
     default = build_pipeline(ClusterSettings())
     args = build_parser(default).parse_args(argv)
     try:
@@ -176,30 +222,33 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
             path = compile_package(build_pipeline(settings_from_args(args, steps)), args.output)
             print(f"Images: {refs}\nWrote {path} referencing them.")
         elif args.run_local:
-            run_local_command(args, build_pipeline, pipeline_arguments(args, default, local=True))
+            arguments = pipeline_arguments(args, default, local=True)
+            check_pipeline_arguments(arguments, default)
+            run_local_command(args, build_pipeline, arguments)
         else:
-            submit_command(args, build_pipeline, steps, pipeline_arguments(args, default, local=False))
+            arguments = pipeline_arguments(args, default, local=False)
+            check_pipeline_arguments(arguments, default)
+            submit_command(args, build_pipeline, steps, arguments)
     except (PipelineInputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc, debug, status=2)
     except LocalRunFailed as exc:
-        print(f"error: the local pipeline run failed: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # errors from the KFP server reach the user in plain words
-        return _server_error(exc, args.host)
+        return report(exc, debug, message=f"the local pipeline run failed: {exc}", status=1)
+    except Exception as exc:  # noqa: BLE001 - errors from the KFP server reach the user in plain words
+        return _server_error(exc, args.host, debug)
     return 0
 
 
-def _server_error(exc: Exception, host: str | None) -> int:
-    """Exit status 1 and one ``error:`` line for a KFP server's refusal or silence; re-raise the rest."""
+def _server_error(exc: Exception, host: str | None, debug: bool) -> int:
+    """One ``error:`` line for a KFP server's refusal or silence (exit 1), a user-facing error
+    (exit 2), or anything unexpected (exit 1)."""
     if type(exc).__name__ == "ApiException":
-        print(f"error: the KFP server refused the request ({getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}): "
-              f"{getattr(exc, 'body', exc)}", file=sys.stderr)
-        return 1
+        message = (f"the KFP server refused the request ({getattr(exc, 'status', '?')} "
+                   f"{getattr(exc, 'reason', '')}): {getattr(exc, 'body', exc)}")
+        return report(exc, debug, message=message, status=1)
     import urllib3
 
     if isinstance(exc, (urllib3.exceptions.HTTPError, TimeoutError)):  # no answer: unreachable host, dropped connection
         host = host or os.environ.get("KF_PIPELINES_ENDPOINT", "")
-        print(f"error: cannot reach the KFP server at {host}: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
-        return 1
-    raise exc
+        message = f"cannot reach the KFP server at {host}: {getattr(exc, 'reason', None) or exc}"
+        return report(exc, debug, message=message, status=1)
+    return report(exc, debug)

@@ -17,6 +17,7 @@ from components.contracts.config import (
     TrainConfig,
 )
 from components.contracts.errors import PipelineInputError
+from components.contracts.ownership import open_output
 from components.contracts.run_layout import RunLayout, read_json
 from components.data.splits import SplitRatios
 
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate the ONNX model on the test split or another folder")
     p.add_argument("--run", type=Path, required=True)
     _add_data_args(p, False)
-    p.add_argument("--out", type=Path, default=None, help="evaluate all chips of --data into this folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="evaluate all chips of --data into this folder: new, empty, or an earlier evaluate --out")
 
     for name, helptext in (("dlpk", "package an Esri .dlpk"), ("stac", "write the STAC-MLM item")):
         p = sub.add_parser(name, help=helptext)
@@ -129,18 +131,28 @@ def run_all(args: argparse.Namespace) -> dict:
 
     check_model_name(args.model_name)
     config = _config(args)
-    data = args.data
-    if data is None:
-        data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
-    ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
-    compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed, args.threshold,
-                       nodata=args.nodata, max_pixels_per_image=args.max_pixels)
-    train(args.out, config, data)
-    export_models(args.out, data)
-    evaluate_run(args.out, data)
-    package_dlpk(args.out, args.model_name)
-    build_stac_item(args.out, args.model_name)
-    return read_json(RunLayout(args.out).summary)
+    # The whole chain holds the run folder: checked, locked and marked before anything is written.
+    with open_output(args.out, "all", data_dir=args.data):
+        data = args.data
+        if data is None:
+            data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
+        ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
+        compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed,
+                           args.threshold, fingerprint=_fingerprint(data), nodata=args.nodata,
+                           max_pixels_per_image=args.max_pixels)
+        train(args.out, config, data)
+        export_models(args.out, data)
+        evaluate_run(args.out, data)
+        package_dlpk(args.out, args.model_name)
+        build_stac_item(args.out, args.model_name)
+        return read_json(RunLayout(args.out).summary)
+
+
+def _fingerprint(data: Path) -> str | None:
+    """The dataset's content fingerprint, recorded in ``stats.json`` and the run marker."""
+    from components.storage import fingerprint
+
+    return fingerprint(data) if Path(data).is_dir() else None
 
 
 def dispatch(args: argparse.Namespace) -> dict | None:
@@ -155,8 +167,9 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             from components.stages.stats import compute_statistics
 
             ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
-            return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed, args.threshold,
-                                      nodata=args.nodata, max_pixels_per_image=args.max_pixels)
+            return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed,
+                                      args.threshold, fingerprint=_fingerprint(args.data), nodata=args.nodata,
+                                      max_pixels_per_image=args.max_pixels)
         case "train":
             from components.stages.train import train
 
@@ -185,12 +198,19 @@ def dispatch(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the stage; a failure ends in one ``error:`` line: exit 2 for bad input or a stage's
+    refusal (including a path that cannot be written), 1 for anything unexpected."""
+    from components.cli.common import DEBUG_FLAG, DEBUG_HELP, check_numbers, pop_debug, report
+
+    argv, debug = pop_debug(argv)
+    parser = build_parser()
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)  # popped above: any position
+    args = parser.parse_args(argv)
     try:
+        check_numbers(args, seeds=("seed",), nan_allowed=("nodata",))  # --nodata nan is a value
         result = dispatch(args)
-    except PipelineInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        if result is not None:
+            print(json.dumps(result, indent=2, default=str))
+    except Exception as exc:  # noqa: BLE001 - every failure ends in one error line
+        return report(exc, debug, stream=sys.stderr)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Mapping, get_args
 
@@ -12,6 +13,29 @@ LossName = Literal["bce_dice", "bce", "dice", "focal"]
 OptimizerName = Literal["adamw", "adam", "sgd"]
 ScheduleName = Literal["cosine", "plateau", "none"]
 PrecisionName = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+
+#: Seeds numpy, torch and Lightning all accept: ``0 .. 2**32 - 1``.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an int, or a :class:`ParameterError` unless it is an integer in ``[0, 2**32-1]``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ParameterError(f"{name}={seed!r}: must be an integer from 0 to {SEED_MAX} (2**32-1)")
+    return seed
+
+
+def check_finite(value: object, name: str) -> float:
+    """``value`` as a float, or a :class:`ParameterError` unless it is a finite number (not nan, not inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParameterError(f"{name}={value!r}: must be a finite number")
+    return float(value)
+
+
+def _check_int(value: object, name: str, minimum: int) -> None:
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < minimum:
+        raise ParameterError(f"{name}={value!r}: must be an integer >= {minimum}")
 
 
 @dataclass(frozen=True)
@@ -69,12 +93,19 @@ class TrainConfig:
             if value not in get_args(allowed):
                 raise ParameterError(f"{name}={value!r}: choose one of {', '.join(get_args(allowed))}")
         for name in ("base_channels", "depth", "epochs", "batch_size", "patience"):
-            if int(getattr(self, name)) < 1:
-                raise ParameterError(f"{name}={getattr(self, name)!r}: must be a positive integer")
+            _check_int(getattr(self, name), name, 1)
+        _check_int(self.num_workers, "num_workers", 0)
+        check_seed(self.seed)
+        for name in ("learning_rate", "weight_decay", "momentum"):
+            check_finite(getattr(self, name), name)
         if not self.learning_rate > 0:
             raise ParameterError(f"learning_rate={self.learning_rate!r}: must be > 0")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ParameterError("weight_decay must be >= 0 and momentum in [0, 1)")
+        if not self.weight_decay >= 0:
+            raise ParameterError(f"weight_decay={self.weight_decay!r}: must be >= 0")
+        if not 0 <= self.momentum < 1:
+            raise ParameterError(f"momentum={self.momentum!r}: must be in [0, 1)")
+        if not isinstance(self.augment, bool):
+            raise ParameterError(f"augment={self.augment!r}: must be true or false")
 
     @property
     def network_depth(self) -> int:

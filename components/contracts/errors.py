@@ -1,7 +1,16 @@
-"""Errors that name the input at fault and what is wrong with it."""
+"""Errors that name the input at fault and what is wrong with it.
+
+Every error here is a :class:`CampsegError`: a failure the user can act on. Both command lines
+print its message as one ``error: ...`` line and exit 2, without a traceback (``--debug`` or
+``CAMPSEG_DEBUG=1`` prints it).
+"""
 
 
-class PipelineInputError(ValueError):
+class CampsegError(Exception):
+    """A failure the user can act on; its message says what is wrong and with which input."""
+
+
+class PipelineInputError(CampsegError, ValueError):
     """Bad user input: a dataset file, a parameter or a run folder.
 
     The message always names the file or parameter and says what is wrong; the CLI prints it and
@@ -21,11 +30,11 @@ class RunFolderError(PipelineInputError):
     """A run folder lacks an artifact that a stage needs, or holds an inconsistent one."""
 
 
-class ParityError(RuntimeError):
-    """An exported model disagrees with the PyTorch model beyond the tolerance."""
+class ParityError(CampsegError, RuntimeError):
+    """An exported model disagrees with the PyTorch model beyond the tolerance (nothing is published)."""
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(CampsegError, RuntimeError):
     """A produced document (for example the STAC item) does not validate against its schema."""
 
 

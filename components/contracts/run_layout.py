@@ -5,7 +5,9 @@ re-run alone. :data:`ARTIFACTS` is the one table of what each stage produces: th
 that name carries exactly these files, MLflow logs them under the same relative paths, and
 publishing uploads them. ``summary.json`` maps the public artifact keys to paths relative to the
 folder. Files are written to a temporary name and renamed into place, so a failed stage never
-leaves a file that looks final.
+leaves a file that looks final. Which folders a stage may write at all (the run marker, the lock)
+is :mod:`components.contracts.ownership`; which artifacts belong together (the lineage) is
+:mod:`components.contracts.lineage`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from components.contracts.errors import RunFolderError
+from components.contracts.ownership import is_owned
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,15 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("stac", "stac", ("metadata/",), "the STAC item with the MLM extension"),
 )
 ARTIFACT_FILES: dict[str, tuple[str, ...]] = {a.name: a.files for a in ARTIFACTS}
+#: The ``summary.json`` keys each artifact's stage writes (removed when the artifact is retracted).
+SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "statistics": ("stats",),
+    "training": ("checkpoint", "train_config", "history", "best_val_iou"),
+    "models": ("state_dict", "torchscript", "onnx", "export_report"),
+    "evaluation": ("metrics", "confusion_matrix", "overlays", "test_metrics"),
+    "dlpk": ("dlpk",),
+    "stac": ("stac_item",),
+}
 
 
 @dataclass(frozen=True)
@@ -169,20 +182,96 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; it becomes ``target`` only if the block succeeds.
 
-    Whatever was at ``target`` is replaced as a whole, so readers see the old folder or the new
-    one, never a mix; a failure leaves ``target`` as it was and removes the staging folder.
+    An existing ``target`` is replaced only inside a folder the project made (one with the run
+    marker, :mod:`components.contracts.ownership`); anywhere else it is refused before the block
+    runs, so nothing a user made is ever deleted. The old folder is renamed aside, the staging
+    folder renamed into place, then the old one removed: readers see the old folder or the new
+    one, never a mix. A failure leaves ``target`` as it was and removes the staging folder.
     """
     target = Path(target)
+    if _present(target) and not is_owned(target.parent):
+        raise RunFolderError(
+            f"{target}: exists in {target.parent}, which is not a campseg run folder; it is never replaced"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging
         staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
+        aside = _move_aside(target)
         staging.rename(target)
+        _remove(aside)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename ``path`` to a hidden name beside it (None when there is nothing there)."""
+    if not _present(path):
+        return None
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(path, aside)
+    return aside
+
+
+def _remove(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_entries(folder: Path, staging: Path, last: str) -> None:
+    """Move every entry of ``staging`` into ``folder`` (which the caller owns), replacing namesakes.
+
+    ``last`` (the file that makes the result look final, e.g. ``metrics.json``) is removed first
+    and moved in last, so a stop half way leaves nothing that looks final.
+    """
+    folder, staging = Path(folder), Path(staging)
+    (folder / last).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == last):
+        aside = _move_aside(folder / entry.name)
+        entry.rename(folder / entry.name)
+        _remove(aside)
+
+
+def artifact_present(layout: RunLayout, name: str) -> bool:
+    """Whether any file of artifact ``name`` is in the run folder (hidden staging names aside)."""
+    for entry in ARTIFACT_FILES[name]:
+        path = layout.root / entry.rstrip("/")
+        if entry.endswith("/") and path.is_dir() and not path.is_symlink():
+            if any(not child.name.startswith(".") for child in path.iterdir()):
+                return True
+        elif _present(path):
+            return True
+    return False
+
+
+def retract(layout: RunLayout, *names: str) -> None:
+    """Remove the artifacts ``names`` (latest first) and their ``summary.json`` entries.
+
+    Used before a stage publishes an artifact that others were built from: what remains never
+    pairs a new input with an output of the old one. Only a marked run folder is touched.
+    """
+    present = [n for n in names if artifact_present(layout, n)]
+    if not present:
+        return
+    if not is_owned(layout.root):
+        raise RunFolderError(f"{layout.root}: not a campseg run folder; its files are never removed")
+    if layout.summary.exists():
+        summary = read_json(layout.summary)
+        keys = {k for n in present for k in SUMMARY_KEYS.get(n, ())}
+        write_json(layout.summary, {k: v for k, v in summary.items() if k not in keys})
+    by_order = [a.name for a in ARTIFACTS if a.name in present]
+    for name in reversed(by_order):
+        for entry in ARTIFACT_FILES[name]:
+            _remove(_move_aside(layout.root / entry.rstrip("/")))
 
 
 def write_json(path: Path, payload: Any) -> Path:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.contracts.config import TrainConfig
-from components.contracts.run_layout import ARTIFACTS
+from components.contracts.ownership import open_output
+from components.contracts.run_layout import ARTIFACTS, write_json
 from components.kubeflow.cluster import ClusterSettings
 
 #: Lighter defaults of ``--run-local`` on a laptop: TrainConfig's own (the compiled pipeline
@@ -32,22 +33,38 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callab
     """Run ``pipeline_func`` with ``kfp.local``; gather a run folder in ``output_dir``.
 
     Args:
-        arguments: the pipeline's parameters; ``dataset_uri`` is required.
-        output_dir: the run folder; kfp.local's own task folders go to its ``kfp-local/``.
+        arguments: the pipeline's parameters; without ``dataset_uri`` the sample dataset is
+            written to the run folder's ``sample-data/`` and used.
+        output_dir: the run folder (new, empty, or a run folder; locked for the whole run);
+            kfp.local's own task folders go to its ``kfp-local/``.
         pipeline_func: the pipeline (``pipeline.build_pipeline(LOCAL_SETTINGS)``, or a compiled
             YAML loaded with ``kfp.components.load_component_from_file``).
 
     Returns:
         The run's summary, also written to ``summary.json``.
+
+    Raises:
+        RunFolderError: ``output_dir`` is not ours to write, or another run holds it.
     """
+    output_dir = Path(output_dir)
+    dataset_uri = arguments.get("dataset_uri")
+    local_data = Path(dataset_uri) if dataset_uri and "://" not in str(dataset_uri) else None
+    # The run folder is checked, locked and marked for the whole run: a user's folder is refused
+    # before anything is written, and a second run into it is refused at once.
+    with open_output(output_dir, "pipeline --run-local", data_dir=local_data):
+        return _run_locked(dict(arguments), output_dir.resolve(), pipeline_func)
+
+
+def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callable) -> dict:
     from kfp import local
 
     from components.kubeflow.steps import gather_run
     from components.tracking import redact, tracking_uri_from_env
 
-    output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    arguments = dict(arguments)
+    if not arguments.get("dataset_uri"):
+        from components.data.sample_data import generate_sample_dataset
+
+        arguments["dataset_uri"] = str(generate_sample_dataset(output_dir / "sample-data"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp-local"),
                raise_on_error=True)
     # MLFLOW_TRACKING_URI, or the embedded default: a SQLite store in the run folder.
@@ -68,7 +85,11 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callab
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    (run_root,) = set((output_dir / "kfp-local").glob("*")) - runs_before
+    new_runs = set((output_dir / "kfp-local").glob("*")) - runs_before
+    if len(new_runs) != 1:  # the lock keeps other runs out; this names anything else that wrote there
+        raise LocalRunFailed(f"expected one new kfp.local run under {output_dir / 'kfp-local'}, found "
+                             f"{sorted(p.name for p in new_runs)}: another process wrote there during this run")
+    (run_root,) = new_runs
     outputs = local_task_outputs(run_root)
     summary = gather_run(run_artifacts(outputs), output_dir)
     summary["dataset_uri"] = arguments["dataset_uri"]
@@ -78,7 +99,7 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callab
                          "run_id": outputs["start-tracking"]["parameters"]["Output"],
                          "model_version": outputs["register-model"]["parameters"]["Output"],
                          "registration": Path(outputs["register-model"]["artifacts"]["decision"]).read_text()}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(output_dir / "summary.json", summary)
     return summary
 
 

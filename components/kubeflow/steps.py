@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from components.contracts.errors import DatasetError
+from components.contracts.ownership import open_output
 from components.contracts.run_layout import ARTIFACT_FILES, RunLayout, read_json
 
 
@@ -53,8 +54,9 @@ def materialize_dataset(dataset_uri: str, expected_fingerprint: str | None, cach
 
 
 def assemble(run_dir: Path, **artifacts: str | os.PathLike | None) -> RunLayout:
-    """Lay out input artifacts as one run folder (files are linked, not copied, where possible)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Lay out input artifacts as one (new, marked) run folder; files are linked, not copied, where possible."""
+    with open_output(run_dir, "assemble"):
+        pass
     for name, path in artifacts.items():
         if path is None:
             continue
@@ -172,32 +174,57 @@ def run_stac(artifacts: Mapping[str, str], stac_dir: str, model_name: str, asset
 
 
 def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dict:
-    """Copy a finished pipeline's artifacts into one run folder and write its ``summary.json``."""
-    from components.contracts.run_layout import update_summary
+    """Gather a finished pipeline's artifacts into the run folder ``out_dir`` and write its ``summary.json``.
+
+    ``out_dir`` follows the stages' rule (:mod:`components.contracts.ownership`): new, empty, or a
+    run folder, locked while it is written. The artifacts are first copied into a staging folder
+    inside it and their lineage checked there; only then are the run's previous artifacts (never
+    any other file) replaced, the summary first out and last in.
+    """
+    from components.contracts.lineage import DEPENDS_ON, verify
+    from components.contracts.ownership import open_output, update_marker
+    from components.contracts.run_layout import ARTIFACTS, retract, update_summary
 
     layout = RunLayout(Path(out_dir))
-    if layout.root.exists():
-        for kind in ARTIFACT_FILES:
-            for entry in ARTIFACT_FILES[kind]:
-                target = layout.root / entry
-                if target.is_dir():
-                    shutil.rmtree(target)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    for kind, path in artifacts.items():
-        shutil.copytree(Path(path), layout.root, dirs_exist_ok=True)
-    metrics = read_json(layout.metrics)
-    entries = {
-        "stats": layout.stats, "checkpoint": layout.checkpoint, "train_config": layout.config,
-        "history": layout.history, "state_dict": layout.state_dict, "torchscript": layout.torchscript,
-        "onnx": layout.onnx, "export_report": layout.export_report, "metrics": layout.metrics,
-        "confusion_matrix": layout.confusion_matrix_png, "overlays": layout.overlays_dir,
-        "dlpk": next(layout.esri_dir.glob("*.dlpk")), "stac_item": layout.stac_item,
-    }
-    return update_summary(
-        layout, **entries,
-        test_metrics={k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")},
-        best_val_iou=read_json(layout.history)["summary"]["best_val_iou"],
-    )
+    unknown = set(artifacts) - set(ARTIFACT_FILES)
+    if unknown:
+        raise ValueError(f"unknown artifact kinds {sorted(unknown)}")
+    with open_output(layout.root, "gather"):
+        staging = Path(tempfile.mkdtemp(prefix=".gather.", suffix=".partial", dir=layout.root))
+        try:
+            for kind, path in artifacts.items():
+                for entry in ARTIFACT_FILES[kind]:
+                    source = Path(path) / entry
+                    if source.is_dir():
+                        shutil.copytree(source, staging / entry)
+                    elif source.is_file():
+                        shutil.copy2(source, staging / entry)
+            staged = RunLayout(staging)
+            staged.require(*(staging / e.rstrip("/") for k in artifacts for e in ARTIFACT_FILES[k]),
+                           stage="gather")
+            digests = verify(staged, DEPENDS_ON["stac"])
+            layout.summary.unlink(missing_ok=True)
+            retract(layout, *(a.name for a in ARTIFACTS))
+            for artifact in ARTIFACTS:
+                for entry in ARTIFACT_FILES[artifact.name] if artifact.name in artifacts else ():
+                    os.rename(staging / entry.rstrip("/"), layout.root / entry.rstrip("/"))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        update_marker(layout.root, statistics=digests["statistics"],
+                      fingerprint=read_json(layout.stats).get("fingerprint"))
+        metrics = read_json(layout.metrics)
+        entries = {
+            "stats": layout.stats, "checkpoint": layout.checkpoint, "train_config": layout.config,
+            "history": layout.history, "state_dict": layout.state_dict, "torchscript": layout.torchscript,
+            "onnx": layout.onnx, "export_report": layout.export_report, "metrics": layout.metrics,
+            "confusion_matrix": layout.confusion_matrix_png, "overlays": layout.overlays_dir,
+            "dlpk": next(layout.esri_dir.glob("*.dlpk")), "stac_item": layout.stac_item,
+        }
+        return update_summary(
+            layout, **entries,
+            test_metrics={k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")},
+            best_val_iou=read_json(layout.history)["summary"]["best_val_iou"],
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,11 @@ The package (``esri/<model_name>.dlpk``, a zip) holds:
   rasters of another type, and ``DataRange`` is that type's range.
 - ``model.pt``: the TorchScript inference model (probabilities, sigmoid inside).
 - ``CampSegmenter.py``: the Python raster function ArcGIS runs (``components/esri``).
-- ``README.md`` and, when the export stage wrote it, ``export_report.json``.
+- ``README.md`` and the export stage's ``export_report.json``.
+
+The ``.emd`` also records ``CampsegLineage``: the digests of the statistics and the models it was
+packaged from (:mod:`components.contracts.lineage`); packaging refuses a run folder whose
+artifacts do not belong together.
 
 Every number of the preprocessing comes from ``stats.json``; nothing is restated by hand.
 """
@@ -27,11 +31,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from components.contracts.errors import RunFolderError
+from components.contracts.lineage import dependents, verify
+from components.contracts.ownership import open_output
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import (
     RunLayout,
-    atomic_path,
+    atomic_folder,
     read_json,
+    retract,
     update_summary,
 )
 from components.standards import ESRI_RASTER_FUNCTION
@@ -169,11 +176,17 @@ def package_dlpk(
         RunFolderError: an artifact is missing or the TorchScript model breaks the contract.
     """
     layout = RunLayout(Path(run_dir))
-    layout.require(layout.stats, layout.torchscript, stage="dlpk")
+    layout.require(layout.stats, layout.torchscript, layout.export_report, stage="dlpk")
     if not model_name or any(c in model_name for c in '/\\:*?"<>|'):
         raise RunFolderError(f"model_name={model_name!r}: not usable as a file name")
     if int(batch_size) < 1:
         raise RunFolderError(f"batch_size={batch_size!r}: must be a positive integer")
+    with open_output(layout.root, "dlpk", create=False):
+        return _package(layout, model_name, version, batch_size)
+
+
+def _package(layout: RunLayout, model_name: str, version: str, batch_size: int) -> Path:
+    digests = verify(layout, ["statistics", "training", "models"])
     stats = read_json(layout.stats)
     if "preprocessing" not in stats:
         raise RunFolderError(f"{layout.stats}: no 'preprocessing' block")
@@ -184,16 +197,17 @@ def package_dlpk(
     check_torchscript(layout.torchscript, prep)
 
     emd = build_emd(stats, model_name, version, batch_size)
-    report = read_json(layout.export_report) if layout.export_report.exists() else None
+    emd["CampsegLineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
+    report = read_json(layout.export_report)
 
     target = layout.esri_dir / f"{model_name}.dlpk"
-    with atomic_path(target) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with atomic_folder(layout.esri_dir) as staging:  # one package per run: esri/ is replaced whole
+        with zipfile.ZipFile(staging / target.name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(f"{model_name}.emd", json.dumps(emd, indent=2) + "\n")
             archive.write(layout.torchscript, emd["ModelFile"])
             archive.write(RASTER_FUNCTION, emd["InferenceFunction"])
             archive.writestr("README.md", _readme(emd, stats))
-            if report is not None:
-                archive.writestr("export_report.json", json.dumps(report, indent=2) + "\n")
+            archive.writestr("export_report.json", json.dumps(report, indent=2) + "\n")
+        retract(layout, *dependents("dlpk"))
     update_summary(layout, dlpk=target)
     return target

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
-from components.contracts.errors import DatasetError
+from components.contracts.errors import DatasetError, RunFolderError
+from components.contracts.lineage import dependents, verify
+from components.contracts.ownership import EVALUATION, open_output, read_marker
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import (
+    ARTIFACT_FILES,
     RunLayout,
     atomic_folder,
     read_json,
+    replace_entries,
+    retract,
     update_summary,
     write_json,
 )
@@ -28,7 +35,9 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
         run_dir: the trained, exported run.
         data_dir: with ``out_dir`` unset, where the run's dataset is now (its test split is
             scored); with ``out_dir`` set, another labelled folder whose chips are all scored.
-        out_dir: where to write an evaluation of another folder (default: the run's evaluation/).
+        out_dir: where to write an evaluation of another folder (default: the run's evaluation/):
+            a new or empty folder, or one an earlier ``evaluate --out`` made (it carries the
+            marker of kind ``evaluation``); never the dataset, the run or a folder of the user's.
         predictor: probabilities function (default: ONNX Runtime on ``models/model.onnx``).
         overlays: how many image/truth/prediction figures to write.
 
@@ -36,33 +45,69 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
         The metrics document.
     """
     layout = RunLayout(Path(run_dir))
-    layout.require(layout.stats, layout.onnx, stage="evaluation")
+    layout.require(layout.stats, layout.onnx, layout.export_report, stage="evaluation")
+    if out_dir is None:
+        layout.require(layout.splits, stage="evaluation")
+        with open_output(layout.root, "evaluate", create=False):
+            return _evaluate(layout, data_dir, None, predictor, overlays)
+    _check_out(layout, Path(out_dir))
+    with open_output(Path(out_dir), "evaluate", EVALUATION, data_dir=Path(data_dir) if data_dir else None):
+        return _evaluate(layout, data_dir, Path(out_dir), predictor, overlays)
+
+
+def _check_out(layout: RunLayout, out_dir: Path) -> None:
+    """``--out`` may not be the run folder, nor lie inside one of its artifacts."""
+    out, root = out_dir.resolve(), layout.root.resolve()
+    for entry in ("", *(e for files in ARTIFACT_FILES.values() for e in files)):
+        inner = (root / entry).resolve() if entry else root
+        if out == inner or (entry and inner in out.parents):
+            raise RunFolderError(f"{out_dir}: is {'the run folder' if not entry else 'inside ' + entry + ' of the run'} "
+                                 f"{layout.root}; write the evaluation of another folder elsewhere")
+
+
+def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, predictor: Predictor | None,
+              overlays: int) -> dict:
+    digests = verify(layout, ["statistics", "training", "models"])
     stats = read_json(layout.stats)
     prep = Preprocessing.from_stats(stats)
     if out_dir is None:
-        layout.require(layout.splits, stage="evaluation")
         pairs = [p for p in read_manifest(layout, data_dir) if p.split == "test"]
-        split, uri, target = "test", stats["dataset_uri"], layout.evaluation_dir
+        split, uri = "test", stats["dataset_uri"]
         if not pairs:
             raise DatasetError(f"{layout.splits}: the test split is empty")
     else:
         pairs = find_pairs(Path(data_dir))
-        split, uri, target = "all", str(data_dir), Path(out_dir)
+        split, uri = "all", str(data_dir)
     values, examples = score(pairs, predictor or onnx_predictor(layout.onnx, prep), prep, keep=overlays)
     values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
+    values["lineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
+    if out_dir is not None:
+        values["lineage"].update(run=str(layout.root.resolve()),
+                                 run_id=(read_marker(layout.root) or {}).get("run_id"))
 
-    with atomic_folder(target) as staging:
-        save_confusion_matrix(values["confusion_matrix"], staging / "confusion_matrix.png")
-        (staging / "overlays").mkdir()
+    def write(folder: Path) -> None:
+        save_confusion_matrix(values["confusion_matrix"], folder / "confusion_matrix.png")
+        (folder / "overlays").mkdir()
         for pair, chip, mask, prediction in examples:
-            save_overlay(chip, mask, prediction, prep.max_value, staging / "overlays" / f"{pair.stem}.png")
-        write_json(staging / "metrics.json", values)
-    if out_dir is None:
-        update_summary(
-            layout,
-            metrics=layout.metrics,
-            confusion_matrix=layout.confusion_matrix_png,
-            overlays=layout.overlays_dir,
-            test_metrics={k: values[k] for k in METRIC_NAMES},
-        )
+            save_overlay(chip, mask, prediction, prep.max_value, folder / "overlays" / f"{pair.stem}.png")
+        write_json(folder / "metrics.json", values)
+
+    if out_dir is not None:  # an evaluation folder of its own: its files are replaced, metrics.json last
+        staging = Path(tempfile.mkdtemp(prefix=".evaluation.", suffix=".partial", dir=out_dir))
+        try:
+            write(staging)
+            replace_entries(out_dir, staging, last="metrics.json")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return values
+    with atomic_folder(layout.evaluation_dir) as staging:
+        write(staging)
+        retract(layout, *dependents("evaluation"))
+    update_summary(
+        layout,
+        metrics=layout.metrics,
+        confusion_matrix=layout.confusion_matrix_png,
+        overlays=layout.overlays_dir,
+        test_metrics={k: values[k] for k in METRIC_NAMES},
+    )
     return values

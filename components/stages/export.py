@@ -14,11 +14,14 @@ import numpy as np
 import torch
 
 from components.contracts.errors import ParityError
+from components.contracts.lineage import dependents, file_digest, verify
+from components.contracts.ownership import open_output
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import (
     RunLayout,
     atomic_folder,
     read_json,
+    retract,
     update_summary,
     write_json,
 )
@@ -99,7 +102,13 @@ def export_models(run_dir: Path, data_dir: Path | None = None, parity_chips: int
         The export report (also written to ``models/export_report.json``).
     """
     layout = RunLayout(Path(run_dir))
-    layout.require(layout.stats, layout.splits, layout.checkpoint, stage="export")
+    layout.require(layout.stats, layout.splits, layout.checkpoint, layout.history, stage="export")
+    with open_output(layout.root, "export", create=False):
+        return _export(layout, data_dir, parity_chips, tolerance)
+
+
+def _export(layout: RunLayout, data_dir: Path | None, parity_chips: int, tolerance: float) -> dict:
+    digests = verify(layout, ["statistics", "training"])
     prep = Preprocessing.from_stats(read_json(layout.stats))
     model = InferenceModel(load_network(layout.checkpoint)).eval()
 
@@ -113,9 +122,13 @@ def export_models(run_dir: Path, data_dir: Path | None = None, parity_chips: int
         failed = {k: v for k, v in diffs.items() if not v <= tolerance}
         if failed:
             raise ParityError(f"export parity failed (tolerance {tolerance}): {failed}; no model was published")
+        files = {p.name: file_digest(staging / p.name) for p in (layout.state_dict, layout.torchscript, layout.onnx)}
         report = {**diffs, **_report(model, prep, layout), "tolerance": tolerance,
-                  "parity_chips": [p.stem for p in chosen]}
+                  "parity_chips": [p.stem for p in chosen],
+                  "lineage": {"statistics": digests["statistics"], "checkpoint": digests["checkpoint"],
+                              "files": files}}
         write_json(staging / layout.export_report.name, report)
+        retract(layout, *dependents("models"))  # what the old models made goes before they do
     update_summary(
         layout,
         state_dict=layout.state_dict,

@@ -21,7 +21,9 @@ from typing import Any, Mapping
 
 from components import __version__
 from components.contracts.errors import ParameterError, RunFolderError
+from components.contracts.lineage import DEPENDS_ON, verify
 from components.contracts.naming import check_model_name
+from components.contracts.ownership import open_output
 from components.contracts.preprocessing import Preprocessing
 from components.contracts.run_layout import RunLayout, read_json, update_summary, write_json
 from components.standards.stac_assets import FILE, multihash_sha256, run_assets
@@ -224,6 +226,7 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
                asset_base: str | None = None) -> dict:
     """Build (without validating or writing) the STAC item dict for the run in ``layout``."""
     stats, config, report, metrics, prep = _read_run(layout)
+    lineage = verify(layout, DEPENDS_ON["stac"])
     check_model_name(model_name)
     total_parameters, memory_size = _weights_summary(layout, config, report)
     geometry, bbox, footprint_reason = _geometry(stats, layout)
@@ -236,6 +239,7 @@ def build_item(layout: RunLayout, model_name: str = "camp-segmentation",
                                      total_parameters=total_parameters, memory_size=memory_size))
     properties.update(_provenance(stats, report, metrics))
     properties.update(_camp_properties(prep, stats, report, test_metrics, footprint_reason, period_source))
+    properties["campseg:lineage"] = lineage  # the digests of every artifact the item describes
     assets = run_assets(layout, asset_base, prep.bands)
 
     links = []
@@ -270,12 +274,15 @@ def build_stac_item(run_dir: Path, model_name: str = "camp-segmentation",
         The path of the item.
 
     Raises:
-        RunFolderError: a required artifact is missing or inconsistent (nothing written).
+        RunFolderError: a required artifact is missing or inconsistent, or the artifacts do not
+            belong together (their lineage differs; nothing written).
         ValidationFailed: the item does not validate against the schemas (nothing written).
     """
     layout = RunLayout(Path(run_dir))
-    item = build_item(layout, model_name=model_name, asset_base=asset_base)
-    validate_item(item)
-    path = write_json(layout.stac_item, item)
-    update_summary(layout, stac_item=path)
+    layout.require(layout.stats, stage="stac")
+    with open_output(layout.root, "stac", create=False):
+        item = build_item(layout, model_name=model_name, asset_base=asset_base)
+        validate_item(item)
+        path = write_json(layout.stac_item, item)
+        update_summary(layout, stac_item=path)
     return path

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from components.contracts.errors import DatasetError, ParameterError
+from components.contracts.errors import DatasetError, ParameterError, RunFolderError
+from components.contracts.lineage import dependents, file_digest, pairs_digest
+from components.contracts.ownership import open_output, update_marker
 from components.contracts.preprocessing import Preprocessing, check_image_size
-from components.contracts.run_layout import RunLayout, update_summary, write_json
+from components.contracts.run_layout import RunLayout, artifact_present, read_json, update_summary, write_json
 from components.data.imagery import max_pixels
 from components.data.manifest import write_manifest
 from components.data.pairs import SPLITS, Pair, find_pairs, read_pair
@@ -245,6 +250,9 @@ def compute_statistics(
     Raises:
         DatasetError: a file is unusable (named), or the train split has no camp pixel.
         ParameterError: a parameter is out of range.
+        RunFolderError: ``run_dir`` is not ours to write (a non-empty folder without the run
+            marker, a file, the dataset or inside it), another stage is writing it, or it holds
+            artifacts built from other statistics (nothing is written).
     """
     if image_size is not None:
         check_image_size(image_size, network_depth)
@@ -255,6 +263,17 @@ def compute_statistics(
         raise ParameterError(f"nodata={nodata!r}: must be a number (or nan)")
     limit = max_pixels(max_pixels_per_image)
     data_dir = Path(data_dir)
+    layout = RunLayout(Path(run_dir))
+    with open_output(layout.root, "stats", data_dir=data_dir):
+        stats, pairs = _measure(data_dir, image_size, network_depth, ratios, seed, threshold, dataset_uri,
+                                fingerprint, group_zoom, nodata, limit)
+        return _publish(layout, data_dir, pairs, stats)
+
+
+def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios: SplitRatios, seed: int,
+             threshold: float, dataset_uri: str | None, fingerprint: str | None, group_zoom: int | None,
+             nodata: float | None, limit: int) -> tuple[dict, list[Pair]]:
+    """Both passes over the dataset: the statistics document and the pairs with group and split."""
     pairs = find_pairs(data_dir)
 
     survey = _survey(pairs, data_dir, nodata, limit)
@@ -301,9 +320,36 @@ def compute_statistics(
         "footprint_reason": reason,
         "warnings": warnings,
     }
-    layout = RunLayout(Path(run_dir))
-    write_manifest(layout, data_dir, pairs)
-    write_json(layout.stats, stats)
+    return stats, pairs
+
+
+def _publish(layout: RunLayout, data_dir: Path, pairs: list[Pair], stats: dict) -> dict:
+    """Write the manifest and ``stats.json`` (with the manifest's digest) into the run folder.
+
+    Re-running with the same result rewrites the same bytes. Different statistics are refused
+    when the folder holds artifacts built from the old ones: they would no longer belong to it.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".statistics.", suffix=".partial", dir=layout.root))
+    try:
+        staged = RunLayout(staging)
+        write_manifest(staged, data_dir, pairs)
+        stats = {**stats, "lineage": {"manifest": pairs_digest(read_json(staged.splits))}}
+        write_json(staged.stats, stats)
+        digest = file_digest(staged.stats)
+        if layout.stats.exists() and file_digest(layout.stats) != digest:
+            built = [name for name in dependents("statistics") if artifact_present(layout, name)]
+            if built:
+                raise RunFolderError(
+                    f"{layout.root}: holds {', '.join(built)} built from other statistics "
+                    f"({file_digest(layout.stats)[:19]}…); these statistics ({digest[:19]}…) would not "
+                    "belong to them. Nothing was written: run the statistics stage into a new folder"
+                )
+            layout.stats.unlink()  # the old statistics go first: a manifest never pairs with them
+        os.replace(staged.splits, layout.splits)
+        os.replace(staged.stats, layout.stats)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    update_marker(layout.root, statistics=digest, fingerprint=stats.get("fingerprint"))
     update_summary(layout, stats=layout.stats)
     return stats
 

@@ -13,11 +13,14 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from components.contracts.config import TrainConfig
-from components.contracts.errors import DatasetError
+from components.contracts.errors import DatasetError, RunFolderError
+from components.contracts.lineage import dependents, file_digest, verify
+from components.contracts.ownership import open_output
 from components.contracts.preprocessing import Preprocessing, check_image_size
 from components.contracts.run_layout import (
     RunLayout,
     read_json,
+    retract,
     update_summary,
     write_json,
 )
@@ -91,6 +94,13 @@ def train(
     """
     layout = RunLayout(Path(run_dir))
     layout.require(layout.stats, layout.splits, stage="training")
+    with open_output(layout.root, "train", create=False):
+        return _train(layout, config, data_dir, callbacks, listeners, logger, progress_bar)
+
+
+def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callbacks: Sequence[Callback],
+           listeners: Sequence[EpochListener], logger: Any, progress_bar: bool) -> dict:
+    statistics = verify(layout, ["statistics"])["statistics"]
     stats = read_json(layout.stats)
     prep = Preprocessing.from_stats(stats)
     check_image_size(prep.image_size, config.network_depth)
@@ -109,13 +119,25 @@ def train(
     history = HistoryCallback(listeners)
     trainer = _trainer(config, [checkpoint, history, *callbacks], logger, progress_bar)
     started = time.time()
-    trainer.fit(task, train_loader, val_loader)
+    try:
+        trainer.fit(task, train_loader, val_loader)
+    except BaseException:
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        raise
     finished = time.time()
     seconds = finished - started
     if not checkpoint.best_model_path:
         raise RuntimeError("training produced no checkpoint (no validation epoch finished)")
 
-    # Publish: the checkpoint, config and history appear only after a completed fit.
+    # Publish: the checkpoint, config and history appear only after a completed fit, and only if
+    # the statistics are still those it was trained on. What was built from an earlier
+    # checkpoint goes first, then the history (which vouches for the checkpoint), so a stop half
+    # way leaves no training that looks final.
+    if file_digest(layout.stats) != statistics:
+        raise RunFolderError(f"{layout.stats}: changed while training ran; nothing was published, "
+                             "re-run the train stage")
+    retract(layout, *dependents("training"))
+    layout.history.unlink(missing_ok=True)
     Path(checkpoint.best_model_path).replace(layout.checkpoint)
     shutil.rmtree(partial_dir, ignore_errors=True)
     write_json(layout.config, config.to_dict())
@@ -130,8 +152,9 @@ def train(
         "accelerator": "cuda" if torch.cuda.is_available() else "cpu",
         "precision": _precision(config),
     }
+    lineage = {"statistics": statistics, "checkpoint": file_digest(layout.checkpoint)}
     write_json(layout.history, {"started_at": _utc_iso(started), "finished_at": _utc_iso(finished),
-                                "epochs": history.rows, "summary": result})
+                                "epochs": history.rows, "summary": result, "lineage": lineage})
     update_summary(layout, checkpoint=layout.checkpoint, train_config=layout.config, history=layout.history, best_val_iou=result["best_val_iou"])
     return result
 

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from components.contracts.ownership import MARKER, open_output
 from components.contracts.run_layout import ARTIFACTS, RunLayout
 from components.storage.transfer import upload_dir, upload_file
 from components.storage.uris import join_uri
@@ -30,7 +31,8 @@ def publish_run(run_dir: Path, base_uri: str, model_name: str) -> dict[str, str]
     base = base_uri if base_uri.endswith("/") else base_uri + "/"
     with tempfile.TemporaryDirectory(prefix="campseg-publish-") as tmp:
         staged = Path(tmp) / "run"
-        staged.mkdir()
+        with open_output(staged, "publish"):  # a new run folder of its own, marked for the STAC stage
+            pass
         for entry in PUBLISHED:
             source = layout.root / entry
             if entry.endswith("/"):
@@ -43,6 +45,7 @@ def publish_run(run_dir: Path, base_uri: str, model_name: str) -> dict[str, str]
         summary.unlink(missing_ok=True)  # the local summary names local paths
         item_file = item.rename(Path(tmp) / "stac_item.json")
         shutil.rmtree(staged / "metadata")
+        (staged / MARKER).unlink()  # the staging folder's own marker is not the run's
         upload_dir(staged, base)
         item_uri = upload_file(item_file, join_uri(base, "metadata/stac_item.json"))
     return {"base_uri": base, "stac_item": item_uri}

@@ -2,8 +2,9 @@
 split, and apply :func:`~components.tracking.promotion.decide` to a new version.
 
 Only "the model has no such alias / no versions yet" means *no champion*; any other error while
-reading the alias makes the champion *unreadable*, and an unreadable champion is never replaced
-(fail closed).
+reading the alias, or while re-scoring the champion, makes the champion *unreadable*, and an
+unreadable champion is never replaced (fail closed). A champion whose score tag is missing or not
+a finite number is *incomparable*: not replaced either.
 """
 
 from __future__ import annotations
@@ -74,14 +75,24 @@ def champion_score_on(tracking_uri: str, layout: RunLayout, model_name: str, dat
     champion = read_champion(make_client(tracking_uri), model_name)
     if champion is None or isinstance(champion, ChampionUnreadable):
         return champion
-    with tempfile.TemporaryDirectory(prefix="campseg-champion-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{model_name}/{champion.version}", dst_path=tmp, tracking_uri=tracking_uri))
-        prep = Preprocessing.from_stats(read_json(next(local.rglob("stats.json"))))
-        onnx_file = next(local.rglob("*.onnx"))
-        pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
-        values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep)
-    return Score(str(champion.version), float(values[metric]), compute_test_split_id(layout.root), rescored=True)
+    version = str(champion.version)
+    try:
+        with tempfile.TemporaryDirectory(prefix="campseg-champion-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(
+                f"models:/{model_name}/{version}", dst_path=tmp, tracking_uri=tracking_uri))
+            stats = next(local.rglob("stats.json"), None)
+            onnx_file = next(local.rglob("*.onnx"), None)
+            if stats is None or onnx_file is None:
+                raise TrackingError(f"its logged model has no {'stats.json' if stats is None else 'ONNX file'}")
+            prep = Preprocessing.from_stats(read_json(stats))
+            pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
+            values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep)
+            value = float(values[metric])
+    except Exception as e:  # noqa: BLE001 - fail closed: a champion we cannot score is kept
+        log.warning("re-scoring %s v%s failed: %s: %s", model_name, version, type(e).__name__, first_line(e))
+        return ChampionUnreadable(f"re-scoring {CHAMPION_ALIAS} v{version} on this run's test split "
+                                  f"failed: {type(e).__name__}: {first_line(e)}")
+    return Score(version, value, compute_test_split_id(layout.root), rescored=True)
 
 
 def _tag_score(tags: Mapping[str, str], metric: str) -> float | None:
@@ -106,23 +117,39 @@ def _champion(client, model_name: str, metric: str, split: str | None,
     if isinstance(rescore, Score) and rescore.version == version:
         return rescore, own_split
     if rescore is not None and not isinstance(rescore, Score):
-        return Score(version, float(rescore), split, rescored=True), own_split
+        value = float(rescore)
+        return Score(version, value if math.isfinite(value) else None, split, rescored=True), own_split
     # no re-score, or one of a version that no longer holds the alias: its own tags
     return Score(version, _tag_score(current.tags, metric), own_split), own_split
 
 
 def _apply(client, model_name: str, version: str, run_id: str | None, metric: str, margin: float,
-           decision: Decision) -> None:
+           decision: Decision, previous: str | None) -> None:
     """Move the alias when promoted; record the decision on the version and its run."""
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     tags = {"promotion.decision": decision.outcome, "promotion.reason": decision.reason,
             "promotion.rule": decision.rule, "promotion.metric": metric,
-            "promotion.margin": f"{margin:g}", "promotion.champion_version": str(decision.champion_version)}
+            "promotion.margin": f"{margin:g}", "promotion.champion_version": str(decision.champion_version),
+            "promotion.previous_champion_version": str(previous)}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     if run_id:
         write_tags(client, run_id, tags)
+
+
+def _recorded_promotion(tags: Mapping[str, str], decision: Decision) -> tuple[Decision, str | None] | None:
+    """The promotion an earlier call recorded on a version that still holds the alias, or ``None``.
+
+    Deciding again would say ``already_champion`` (not promoted) and overwrite the record of the
+    try that moved the alias; a retried registration step reports that try's decision instead.
+    """
+    if decision.rule != "already_champion" or tags.get("promotion.decision") != "promoted":
+        return None
+    previous = tags.get("promotion.previous_champion_version")
+    recorded = Decision(True, tags.get("promotion.rule", "already_champion"),
+                        tags.get("promotion.reason", decision.reason), decision.champion_version)
+    return recorded, None if previous in (None, "None") else previous
 
 
 def promote_if_better(
@@ -180,13 +207,18 @@ def promote_if_better(
                             f"register_model (evaluation/metrics.json lacks {metric!r}?)")
     champion, champion_split = _champion(client, model_name, metric, split, champion_score_on_split)
     decision = decide(Score(version, new_score, split), champion, metric, float(margin), higher)
-    _apply(client, model_name, version, new.run_id, metric, margin, decision)
-    log.info("promotion of %s v%s: %s", model_name, version, decision.reason)
     known = isinstance(champion, Score)
+    previous = champion.version if known else None
+    recorded = _recorded_promotion(new.tags, decision)
+    if recorded is not None:  # a retried step: an earlier try promoted this version; keep its record
+        decision, previous = recorded
+    else:
+        _apply(client, model_name, version, new.run_id, metric, margin, decision, previous)
+    log.info("promotion of %s v%s: %s", model_name, version, decision.reason)
     return {
         "metric": metric, "margin": float(margin), "higher_is_better": higher,
         "new_version": version, "new_score": new_score, "test_split_id": split,
-        "previous_champion_version": champion.version if known else None,
+        "previous_champion_version": previous,
         "champion_score": decision.champion_score,
         "champion_test_split_id": champion_split if decision.rule != "already_champion" else None,
         "decision": decision.outcome, "promoted": decision.promote, "rule": decision.rule,

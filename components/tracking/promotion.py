@@ -6,10 +6,12 @@ rule                      promote   when
 ========================  ========  ==========================================================
 ``first_champion``        yes       no version holds the alias yet
 ``already_champion``      no        the champion is the candidate itself
-``champion_unreadable``   no        the registry could not say who the champion is (fail
-                                    closed: an error other than "no such alias")
+``champion_unreadable``   no        the registry could not say who the champion is, or the
+                                    champion's re-score failed (fail closed: any error other
+                                    than "no such alias")
 ``incomparable``          no        the champion was scored on another test split (and not
-                                    re-scored on the candidate's), or has no score for the metric
+                                    re-scored on the candidate's), or has no finite score for
+                                    the metric (a missing or unreadable tag)
 ``better``                yes       the candidate beats the champion by more than ``margin``
 ``not_better``            no        equal, better by at most ``margin``, or worse
 ========================  ========  ==========================================================
@@ -51,7 +53,8 @@ class Score:
 
 @dataclass(frozen=True)
 class ChampionUnreadable:
-    """The registry failed to say who the champion is (not "there is none")."""
+    """The registry failed to say who the champion is (not "there is none"), or the champion's
+    score could not be measured; ``error`` says what failed."""
 
     error: str
 
@@ -105,9 +108,13 @@ def short_split(split_id: str | None) -> str:
 
 
 def _incomparable(candidate: Score, champion: Score, metric: str, same_split: bool) -> str:
-    why = (f"was evaluated on test split {short_split(champion.test_split_id)}, "
-           f"v{candidate.version} on {short_split(candidate.test_split_id)}"
-           if not same_split else f"has no {metric} tag")
+    if not same_split:
+        why = (f"was evaluated on test split {short_split(champion.test_split_id)}, "
+               f"v{candidate.version} on {short_split(candidate.test_split_id)}")
+    elif champion.rescored:
+        why = f"re-evaluated on this test split has no finite {metric} ({champion.value!r})"
+    else:
+        why = f"has no {metric} tag that is a finite number"
     return (f"{CHAMPION_ALIAS} v{champion.version} {why}: the scores are not comparable, "
             f"so {CHAMPION_ALIAS} stays; re-evaluate v{champion.version} on this split "
             f"(champion_score_on_split) or set the alias by hand")
@@ -150,7 +157,7 @@ def decide(candidate: Score, champion: Score | ChampionUnreadable | None, metric
     if not margin >= 0:
         raise ValueError(f"margin={margin!r}: must be >= 0")
     if isinstance(champion, ChampionUnreadable):
-        reason = (f"the {CHAMPION_ALIAS} could not be read from the registry ({champion.error}); "
+        reason = (f"the {CHAMPION_ALIAS} or its score could not be read ({champion.error}); "
                   f"v{candidate.version} is not promoted (fail closed): retry, or set the alias by hand")
         return Decision(False, "champion_unreadable", reason, None)
     if champion is None:
@@ -162,7 +169,7 @@ def decide(candidate: Score, champion: Score | ChampionUnreadable | None, metric
                         candidate.version)
     same_split = champion.rescored or (bool(candidate.test_split_id)
                                        and champion.test_split_id == candidate.test_split_id)
-    if not same_split or champion.value is None:
+    if not same_split or champion.value is None or not math.isfinite(champion.value):
         return Decision(False, "incomparable", _incomparable(candidate, champion, metric, same_split),
                         champion.version, champion.value)
     return _compare(candidate, champion, metric, margin, higher_is_better)

@@ -1,11 +1,13 @@
-"""The model registry: register the run's ONNX model as a new version, identify its test split,
-delete a version whose publishing failed.
+"""The model registry: register the run's ONNX model as a version (once per run: a retried step
+finds the version it registered before), identify its test split, delete a version whose
+publishing failed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +20,8 @@ from components.tracking.artifacts import ARTIFACTS_LOGGED_TAG
 from components.tracking.runs import KFP_RUN_ID_TAG, is_number, write_tags
 from components.tracking.server import client as make_client
 from components.tracking.server import first_line, global_uri, redact
+
+log = logging.getLogger(__name__)
 
 #: Version tag (and logged-model metadata) naming the test split a version was evaluated on.
 TEST_SPLIT_TAG = "test_split_id"
@@ -79,6 +83,37 @@ def _version_tags(metrics: Mapping[str, Any], stats: Mapping[str, Any], split_id
     return tags
 
 
+def _quoted(value: str) -> str | None:
+    """``value`` in single quotes for a search filter; ``None`` when it cannot be quoted safely."""
+    return None if ("'" in value or "\\" in value) else f"'{value}'"
+
+
+def registered_version(client, model_name: str, run_id: str, kfp_run_id: str | None = None):
+    """The version of ``model_name`` that this MLflow run (or, failing that, this KFP run)
+    registered already, or ``None``: what makes :func:`register_model` idempotent.
+
+    A version whose registration failed (``FAILED_REGISTRATION``) is deleted and not returned;
+    of several usable ones (registered by older code) the first is returned.
+    """
+    name = _quoted(model_name)
+    if name is None:
+        raise TrackingError(f"model name {model_name!r}: quotes and backslashes are not allowed")
+    filters = [f"name = {name} and run_id = {_quoted(run_id)}"]
+    if kfp_run_id and _quoted(kfp_run_id):
+        filters.append(f"name = {name} and tags.`{KFP_RUN_ID_TAG}` = {_quoted(kfp_run_id)}")
+    for filter_string in filters:
+        found = []
+        for version in client.search_model_versions(filter_string):
+            if str(version.status) == "FAILED_REGISTRATION":
+                log.warning("deleting %s v%s: its registration failed", model_name, version.version)
+                client.delete_model_version(model_name, str(version.version))
+            else:
+                found.append(version)
+        if found:
+            return min(found, key=lambda v: int(v.version))
+    return None
+
+
 def _extra_files(layout: RunLayout, tmp: Path) -> list[str]:
     """Copies of the files logged beside the model (``extra_files`` keep the base name)."""
     extra = {"stac_item.json": layout.stac_item, "stats.json": layout.stats}
@@ -101,6 +136,7 @@ def _log_onnx_model(client, run, layout: RunLayout, prep: Mapping[str, Any], spl
     run_id = run.info.run_id
     size, bands = int(prep["image_size"]), len(prep["bands"])
     model = onnx.load(str(layout.onnx))
+    logged = None
     try:
         # Created here, not by log_model: log_model would put it in the globally active
         # experiment (and a local store's ./mlruns) instead of the run's experiment.
@@ -118,13 +154,25 @@ def _log_onnx_model(client, run, layout: RunLayout, prep: Mapping[str, Any], spl
                       TEST_SPLIT_TAG: split_id},
         )
     except Exception as e:  # noqa: BLE001
+        if logged is not None:  # a partly logged model: FAILED, never registered
+            _mark_failed(client, logged.model_id)
         raise TrackingError(f"logging the ONNX model {layout.onnx} into run {run_id} failed: "
                             f"{type(e).__name__}: {first_line(e)}; nothing registered") from e
 
 
+def _mark_failed(client, model_id: str) -> None:
+    """Finalize a logged model as FAILED (best effort: the error that got here matters more)."""
+    from mlflow.entities import LoggedModelStatus
+
+    try:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not mark logged model %s FAILED: %s", model_id, first_line(e))
+
+
 def register_model(tracking_uri: str, run_id: str, model_name: str,
                    run_dir: str | os.PathLike[str]) -> str:
-    """Log the ONNX model into the run and register it as a new version of ``model_name``.
+    """Log the ONNX model into the run and register it as a version of ``model_name``, once.
 
     The logged model (ONNX flavour, what users run with onnxruntime) has the signature of
     :func:`model_signature`, an input example (one chip of the training mean colour, i.e. zeros
@@ -132,12 +180,17 @@ def register_model(tracking_uri: str, run_id: str, model_name: str,
     the test metrics (``metric.<name>``), ``test_split_id``, ``dataset.fingerprint`` and
     ``kfp.run_id``; the run gets ``registered_model.name``/``version`` tags.
 
+    Idempotent per pipeline run: when this MLflow run (or the KFP run of its ``kfp.run_id`` tag)
+    already registered a version of ``model_name`` (a retried step), that version is returned
+    and nothing is logged or registered again.
+
     Nothing half-published: the run must carry ``campseg.artifacts_logged=true``
     (``log_run_artifacts`` finished) and must not be FAILED; the version is created only
-    after the model logged completely.
+    after the model logged completely (a model whose logging failed is marked FAILED and never
+    registered).
 
     Returns:
-        The new version number (a string).
+        The version number (a string).
 
     Raises:
         TrackingError: the run's artifacts are not (all) logged, the run failed, or MLflow
@@ -156,22 +209,32 @@ def register_model(tracking_uri: str, run_id: str, model_name: str,
     metrics = read_json(layout.metrics)
     split_id = compute_test_split_id(layout.root)
     version_tags = _version_tags(metrics, stats, split_id, run.data.tags)
-    with tempfile.TemporaryDirectory() as tmp, global_uri(tracking_uri):
-        info = _log_onnx_model(client, run, layout, stats["preprocessing"], split_id, Path(tmp))
-        try:
-            version = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
-        except Exception as e:  # noqa: BLE001
-            raise TrackingError(f"registering {info.model_uri} as {model_name!r} at "
-                                f"{redact(tracking_uri)} failed: {type(e).__name__}: "
-                                f"{first_line(e)}") from e
-    client.update_model_version(model_name, version.version,
+    existing = registered_version(client, model_name, run_id, run.data.tags.get(KFP_RUN_ID_TAG))
+    if existing is not None:
+        log.info("run %s already registered %s v%s: reusing it", run_id, model_name, existing.version)
+        number = str(existing.version)
+        model_uri = f"models:/{existing.model_id}" if getattr(existing, "model_id", None) else existing.source
+        for key, value in version_tags.items():  # a try that failed after registering may lack them
+            if existing.tags.get(key) != value:
+                client.set_model_version_tag(model_name, number, key, value)
+    else:
+        with tempfile.TemporaryDirectory() as tmp, global_uri(tracking_uri):
+            info = _log_onnx_model(client, run, layout, stats["preprocessing"], split_id, Path(tmp))
+            model_uri = info.model_uri
+            try:
+                number = str(mlflow.register_model(model_uri, model_name, tags=version_tags).version)
+            except Exception as e:  # noqa: BLE001
+                raise TrackingError(f"registering {model_uri} as {model_name!r} at "
+                                    f"{redact(tracking_uri)} failed: {type(e).__name__}: "
+                                    f"{first_line(e)}") from e
+    client.update_model_version(model_name, number,
                                 description=f"campseg run {run_id}: test IoU "
                                             f"{metrics.get('iou', float('nan')):.4f} on {split_id[:19]}")
     write_tags(client, run_id, {"registered_model.name": model_name,
-                                "registered_model.version": version.version,
-                                "registered_model.uri": f"models:/{model_name}/{version.version}",
-                                "logged_model.uri": info.model_uri})
-    return str(version.version)
+                                "registered_model.version": number,
+                                "registered_model.uri": f"models:/{model_name}/{number}",
+                                "logged_model.uri": model_uri})
+    return number
 
 
 def delete_version(tracking_uri: str, model_name: str, version: str | int) -> None:

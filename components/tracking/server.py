@@ -1,11 +1,12 @@
 """Where the tracking store is and whether it answers: URIs from the environment, clients, the health check.
 
-Only :func:`tracking_uri_from_env` and :func:`run_id_from_env` read the environment. Every message
-names the URI through :func:`redact`, never with its password.
+Only :func:`tracking_uri_from_env`, :func:`run_id_from_env` and :func:`http_credentials` read the
+environment. Every message names the URI through :func:`redact`, never with its password.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import os
@@ -73,13 +74,64 @@ def global_uri(tracking_uri: str) -> Iterator[None]:
         _model_registry.utils._registry_uri = old_registry
 
 
+def _split(uri: str) -> urllib.parse.SplitResult | None:
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    return parts
+
+
 def redact(uri: str) -> str:
     """``uri`` without a password (``http://user:***@host``)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    parts = _split(uri)
+    if parts is None:  # malformed: keep nothing between the scheme and the last "@"
+        head, sep, tail = uri.rpartition("@")
+        return f"{head.split('://', 1)[0]}://***@{tail}" if sep else uri
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     return uri
+
+
+def redact_text(text: str, uri: str) -> str:
+    """``text`` with the password of ``uri`` (as written, and percent-decoded) replaced by ``***``."""
+    parts = _split(uri)
+    secrets = []
+    if parts is not None and parts.password:
+        secrets = [parts.password, urllib.parse.unquote(parts.password)]
+    elif parts is None and "@" in uri:
+        secrets = [uri.rpartition("@")[0].split("://", 1)[-1]]
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def http_credentials(tracking_uri: str, env: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The URL to request (without user info) and the authorization header MLflow's client
+    would send to ``tracking_uri``.
+
+    Like MLflow's client: ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (basic auth)
+    or ``MLFLOW_TRACKING_TOKEN`` (bearer) from the environment, else the user and password in
+    the URI (``http://user:password@host:port``).
+    """
+    env = os.environ if env is None else env
+    parts = _split(tracking_uri)
+    if parts is None:
+        raise TrackingError(f"MLFLOW_TRACKING_URI {redact(tracking_uri)} is not a valid URL")
+    url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+    token = env.get("MLFLOW_TRACKING_TOKEN")
+    if not (user or password) and not token and (parts.username or parts.password):
+        user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
+    if user or password:
+        pair = f"{user or ''}:{password or ''}".encode()
+        return url, {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    if token:
+        return url, {"Authorization": f"Bearer {token}"}
+    return url, {}
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
@@ -115,17 +167,22 @@ def _env(**values: str) -> Iterator[None]:
 def _check_http(tracking_uri: str, timeout: float) -> None:
     """``GET /health`` with a short timeout; a TrackingError when it does not answer 200."""
     shown = redact(tracking_uri)
-    request = urllib.request.Request(tracking_uri.rstrip("/") + "/health", method="GET")
+    url, headers = http_credentials(tracking_uri)
+    request = urllib.request.Request(url.rstrip("/") + "/health", headers=headers, method="GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             if response.status != 200:
                 raise TrackingError(f"MLflow tracking server {shown} is unhealthy: GET /health "
                                     f"answered {response.status}")
     except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise TrackingError(f"MLflow tracking server {shown} refused the credentials: GET /health "
+                                f"answered {e.code} {e.reason}; check the user and password in the URI "
+                                f"or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD") from None
         raise TrackingError(f"MLflow tracking server {shown} is unhealthy: GET /health answered "
                             f"{e.code} {e.reason}; is MLFLOW_TRACKING_URI right?") from None
-    except (urllib.error.URLError, OSError, socket.timeout) as e:
-        cause = getattr(e, "reason", e)
+    except (urllib.error.URLError, OSError, socket.timeout, ValueError) as e:
+        cause = redact_text(str(getattr(e, "reason", e)), tracking_uri)
         raise TrackingError(f"MLflow tracking server {shown} is unreachable ({cause}); is the "
                             f"server running and MLFLOW_TRACKING_URI right?") from None
 
@@ -160,4 +217,4 @@ def check_tracking_server(tracking_uri: str, timeout: float = CHECK_TIMEOUT_S) -
         raise
     except Exception as e:  # noqa: BLE001 - any failure means the store is unusable
         raise TrackingError(f"MLflow tracking store {shown} does not answer its API "
-                            f"({type(e).__name__}: {first_line(e)})") from None
+                            f"({type(e).__name__}: {redact_text(first_line(e), tracking_uri)})") from None

@@ -60,6 +60,7 @@ def _build_run(root: Path, with_onnx: bool = True) -> Path:
     """A small real run folder: stats.json from real chips, TorchScript and ONNX of a U-Net."""
     import torch
 
+    from components.contracts.lineage import file_digest
     from components.ml.networks import InferenceModel, UNet
 
     raw = np.stack(
@@ -70,9 +71,13 @@ def _build_run(root: Path, with_onnx: bool = True) -> Path:
     mean = scaled.mean(axis=(0, 2, 3))
     std = scaled.std(axis=(0, 2, 3))
 
+    from components.contracts.ownership import open_output
+
     torch.manual_seed(0)
     model = InferenceModel(UNet(base_channels=4, depth=2)).eval()
     layout = RunLayout(root)
+    with open_output(root, "test"):  # a new run folder: marked as the project's
+        pass
     layout.models_dir.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
     # UNet.forward uses reversed() on a list, which torch.jit.script rejects: trace instead (the
@@ -116,7 +121,9 @@ def _build_run(root: Path, with_onnx: bool = True) -> Path:
         "footprint_reason": "test fixture",
     }
     layout.stats.write_text(json.dumps(stats, indent=2))
-    layout.export_report.write_text(json.dumps({"parity_max_abs_diff": 0.0}))
+    # The lineage of the models: built from these statistics (no file digests: tests swap model.pt).
+    lineage = {"statistics": file_digest(layout.stats), "checkpoint": None, "files": {}}
+    layout.export_report.write_text(json.dumps({"parity_max_abs_diff": 0.0, "lineage": lineage}))
     return root
 
 

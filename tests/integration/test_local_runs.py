@@ -62,3 +62,64 @@ def test_kfp_ui_outputs(yaml_run):
     assert [a["displayName"] for a in confusion["annotationSpecs"]] == ["background", "camp"]
     assert sum(map(sum, (r["row"] for r in confusion["rows"]))) > 0
     assert set(artifacts["test_metrics"]["artifacts"][0]["metadata"]) >= {"iou", "f1", "precision", "recall", "accuracy"}
+
+
+# ------------------------------------------------------------------ issue 10: owned output folders
+TINY_FLAGS = ["--dataset-image-size", "0", "--train-epochs", "1", "--train-base-channels", "4",
+              "--train-depth", "2", "--train-batch-size", "8"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_local_never_touches_a_users_folder(small_dataset, tmp_path):
+    from tests.support.cli import error_line, run_pipeline
+
+    mine = tmp_path / "mine"
+    for sub in ("models", "evaluation", "checkpoints", "esri", "metadata"):
+        (mine / sub).mkdir(parents=True)
+        (mine / sub / "my-file.txt").write_text(sub)
+    before = _snapshot(mine)
+    for dataset in (["--dataset-uri", str(small_dataset)], []):  # [] = the sample data, written nowhere
+        proc = run_pipeline("--run-local", *dataset, "--output-dir", str(mine), *TINY_FLAGS)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        error_line(proc, str(mine), "not a campseg run folder")
+        assert _snapshot(mine) == before
+    proc = run_pipeline("--run-local", "--dataset-uri", str(small_dataset), "--output-dir", str(small_dataset / "run"),
+                        *TINY_FLAGS)
+    assert proc.returncode == 2 and "dataset" in proc.stderr
+    assert not (small_dataset / "run").exists()
+
+
+def test_concurrent_run_local_into_one_folder(small_dataset, tmp_path):
+    """The second run is refused at once, naming the first; the first finishes and gathers its run."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.cli import error_line, run_pipeline
+    from tests.support.paths import REPO
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "pipeline.py", "--run-local", "--dataset-uri", str(small_dataset),
+                              "--output-dir", str(out), *TINY_FLAGS], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.time() + 120
+        while not (out / ".campseg.lock").exists():
+            assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+            time.sleep(0.2)
+        second = run_pipeline("--run-local", "--dataset-uri", str(small_dataset), "--output-dir", str(out),
+                              *TINY_FLAGS)
+        assert second.returncode == 2, second.stderr[-3000:]
+        error_line(second, "another campseg process", f"pid {first.pid}", "--run-local")
+        stdout, stderr = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / summary["dlpk"]).is_file() and not (out / ".campseg.lock").exists()
+    assert json.loads((out / ".campseg-run.json").read_text())["statistics"].startswith("sha256:")

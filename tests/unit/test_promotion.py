@@ -51,6 +51,10 @@ CASES = {
     "champion re-scored, not beaten": (candidate(0.75), champion(0.875, OTHER, rescored=True), 0.0, True, False,
                                        "not_better", "3"),
     "champion without the metric": (candidate(), champion(None), 0.0, True, False, "incomparable", "3"),
+    "champion's metric not a number": (candidate(), champion(float("nan")), 0.0, True, False, "incomparable", "3"),
+    "champion's metric infinite": (candidate(), champion(float("-inf")), 0.0, True, False, "incomparable", "3"),
+    "champion re-scored to nan": (candidate(), champion(float("nan"), OTHER, rescored=True), 0.0, True, False,
+                                  "incomparable", "3"),
     "champion unreadable": (candidate(0.99), ChampionUnreadable("MlflowException: 503 Service Unavailable"), 0.0,
                             True, False, "champion_unreadable", None),
 }
@@ -87,6 +91,18 @@ def test_unreadable_champion_fails_closed_and_names_the_error():
     decision = decide(candidate(1.0), ChampionUnreadable("RestException: TEMPORARILY_UNAVAILABLE"), "iou", 0.0, True)
     assert not decision.promote
     assert "TEMPORARILY_UNAVAILABLE" in decision.reason and "fail closed" in decision.reason
+
+
+def test_an_unusable_champion_score_is_never_a_first_champion():
+    """Whatever is wrong with the champion's score, the decision names it and keeps the champion."""
+    failed = decide(candidate(1.0), ChampionUnreadable("re-scoring champion v3 failed: OSError: reset"), "iou",
+                    0.0, True)
+    assert (failed.promote, failed.rule) == (False, "champion_unreadable")
+    assert "re-scoring champion v3 failed: OSError: reset" in failed.reason
+    for score in (champion(None), champion(float("nan")), champion(float("nan"), OTHER, rescored=True)):
+        kept = decide(candidate(1.0), score, "iou", 0.0, True)
+        assert (kept.promote, kept.rule, kept.champion_version) == (False, "incomparable", "3")
+        assert "champion v3" in kept.reason and "finite" in kept.reason
 
 
 def test_decide_refuses_what_cannot_be_compared():

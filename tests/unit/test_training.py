@@ -29,7 +29,7 @@ def tiny_stats(tmp_path_factory):
 
 
 def fresh_run(tiny_stats, tmp_path):
-    for name in ("stats.json", "dataset_manifest.json"):
+    for name in ("stats.json", "dataset_manifest.json", ".campseg-run.json"):  # the marker makes it a run folder
         (tmp_path / name).write_bytes((tiny_stats / name).read_bytes())
     return tmp_path
 
