@@ -107,6 +107,13 @@ def dlpk_lineage(package: Path) -> dict:
     return lineage if isinstance(lineage, dict) else {}
 
 
+def _same_inputs(layout: RunLayout, artifact: str, where: str, lineage: dict, found: dict[str, Any]) -> None:
+    """An artifact built from the statistics (and the models, when they were read) now in the folder."""
+    _same(layout, artifact, where, lineage.get("statistics"), "stats.json", found["statistics"])
+    if "models" in found:
+        _same(layout, artifact, where, lineage.get("models"), "models/export_report.json", found["models"])
+
+
 def verify(layout: RunLayout, reads: Iterable[str]) -> dict[str, Any]:
     """Check that the artifacts a stage ``reads`` belong together; return their digests.
 
@@ -154,20 +161,12 @@ def verify(layout: RunLayout, reads: Iterable[str]) -> dict[str, Any]:
         found["models"] = file_digest(layout.export_report)
 
     if "evaluation" in reads and layout.metrics.exists():
-        lineage = _lineage(layout, layout.metrics, "evaluation")
-        _same(layout, "evaluation", "evaluation/", lineage.get("statistics"), "stats.json", found["statistics"])
-        if "models" in found:
-            _same(layout, "evaluation", "evaluation/", lineage.get("models"), "models/export_report.json",
-                  found["models"])
+        _same_inputs(layout, "evaluation", "evaluation/", _lineage(layout, layout.metrics, "evaluation"), found)
         found["evaluation"] = file_digest(layout.metrics)
 
     if "dlpk" in reads and layout.esri_dir.is_dir():
         found["dlpk"] = {}
         for package in sorted(layout.esri_dir.glob("*.dlpk")):
-            lineage = dlpk_lineage(package)
-            where = f"esri/{package.name}"
-            _same(layout, "dlpk", where, lineage.get("statistics"), "stats.json", found["statistics"])
-            if "models" in found:
-                _same(layout, "dlpk", where, lineage.get("models"), "models/export_report.json", found["models"])
+            _same_inputs(layout, "dlpk", f"esri/{package.name}", dlpk_lineage(package), found)
             found["dlpk"][package.name] = file_digest(package)
     return found

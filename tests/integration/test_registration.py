@@ -9,7 +9,6 @@ read.
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 from pathlib import Path
@@ -19,37 +18,25 @@ import pytest
 from components import tracking
 from components.contracts.errors import TrackingError
 from tests.support.auth_server import BasicAuthServer
+from tests.support.runs import copy_with_iou, read_json
 
 pytestmark = pytest.mark.integration
 
 EXPERIMENT = "campseg-registration-tests"
 
 
-def _read(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def logged_run(uri: str, run_dir: Path, kfp_run_id: str | None = None) -> str:
     """A pipeline run with everything logged up to registration; its MLflow run id."""
     run_id = tracking.start_pipeline_run(uri, EXPERIMENT, f"run-{secrets.token_hex(3)}",
                                          kfp_run_id or f"kfp-{secrets.token_hex(6)}",
-                                         _read(run_dir / "train_config.json"), None)
-    tracking.log_dataset(uri, run_id, _read(run_dir / "stats.json"))
+                                         read_json(run_dir / "train_config.json"), None)
+    tracking.log_dataset(uri, run_id, read_json(run_dir / "stats.json"))
     tracking.log_run_artifacts(uri, run_id, run_dir)
     return run_id
 
 
 def versions_of(client, name: str) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-
-
-def copy_with_iou(trained_run: Path, tmp_path: Path, iou: float, name: str) -> Path:
-    run_dir = tmp_path / name
-    shutil.copytree(trained_run, run_dir)
-    metrics = _read(run_dir / "evaluation" / "metrics.json")
-    metrics["iou"] = iou
-    (run_dir / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return run_dir
 
 
 @pytest.fixture
@@ -162,7 +149,7 @@ def test_the_register_step_retried_registers_once_and_keeps_its_decision(mlflow_
                 shutil.copy2(source, folder / entry)
         artifacts[kind] = str(folder)
     run_id = tracking.start_pipeline_run(uri, EXPERIMENT, "step-retry", "kfp-" + secrets.token_hex(6),
-                                         _read(trained_run / "train_config.json"), None)
+                                         read_json(trained_run / "train_config.json"), None)
     first = register_and_promote(artifacts, str(sample_data), run_id, name, "iou", 0.0, "")
     again = register_and_promote(artifacts, str(sample_data), run_id, name, "iou", 0.0, "")
     assert again["version"] == first["version"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -18,41 +17,28 @@ import pytest
 
 from components import tracking
 from components.contracts.errors import PipelineInputError, TrackingError
+from tests.support.runs import copy_with_iou, read_json
 
 pytestmark = pytest.mark.integration
 
 PARAMS = {"architecture": "unet", "learning_rate": 0.003, "epochs": 15, "pipeline": {"margin": 0.0}}
 
 
-def _read(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def publish(uri: str, run_dir: Path, model_name: str, *, experiment: str, kfp_run_id: str | None = None,
             margin: float = 0.0) -> dict:
     """Every tracking step of one pipeline run, in pipeline order."""
     tracking.check_tracking_server(uri)
-    config = _read(run_dir / "train_config.json")
+    config = read_json(run_dir / "train_config.json")
     run_id = tracking.start_pipeline_run(uri, experiment, f"run-{secrets.token_hex(3)}",
                                          kfp_run_id or f"kfp-{secrets.token_hex(6)}",
                                          {**config, "pipeline": {"margin": margin}}, None)
-    tracking.log_dataset(uri, run_id, _read(run_dir / "stats.json"))
-    tracking.log_history(uri, run_id, _read(run_dir / "training_history.json"))
+    tracking.log_dataset(uri, run_id, read_json(run_dir / "stats.json"))
+    tracking.log_history(uri, run_id, read_json(run_dir / "training_history.json"))
     tracking.log_run_artifacts(uri, run_id, run_dir)
     version = tracking.register_model(uri, run_id, model_name, run_dir)
     decision = tracking.promote_if_better(uri, model_name, version, "iou", margin)
     tracking.end_run(uri, run_id, "FINISHED")
     return {"run_id": run_id, "version": version, "decision": decision}
-
-
-def copy_with_iou(trained_run: Path, tmp_path: Path, iou: float, name: str) -> Path:
-    """A copy of the trained run whose evaluation says ``iou`` (what the promotion reads)."""
-    run_dir = tmp_path / name
-    shutil.copytree(trained_run, run_dir)
-    metrics = _read(run_dir / "evaluation" / "metrics.json")
-    metrics["iou"] = iou
-    (run_dir / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +66,11 @@ def client(mlflow_server):
 def test_params_tags_and_dataset_input(first, client, trained_run):
     run = client.get_run(first["run_id"])
     params, tags = run.data.params, run.data.tags
-    config = _read(trained_run / "train_config.json")
+    config = read_json(trained_run / "train_config.json")
     for key, value in config.items():
         assert params[key] == str(value), key
     assert params["pipeline.margin"] == "0.0"
-    stats = _read(trained_run / "stats.json")
+    stats = read_json(trained_run / "stats.json")
     assert params["dataset.uri"] == stats["dataset_uri"]
     assert params["dataset.preprocessing.image_size"] == str(stats["preprocessing"]["image_size"])
     assert tags["kfp.run_id"].startswith("kfp-first-")
@@ -103,7 +89,7 @@ def test_params_tags_and_dataset_input(first, client, trained_run):
 
 
 def test_metric_history_has_one_point_per_epoch(first, client, trained_run, mlflow_server):
-    history = _read(trained_run / "training_history.json")
+    history = read_json(trained_run / "training_history.json")
     epochs = [row["epoch"] for row in history["epochs"]]
     for key in ("val_iou", "val_loss", "train_loss", "train_iou", "lr"):
         points = client.get_metric_history(first["run_id"], key)
@@ -115,7 +101,7 @@ def test_metric_history_has_one_point_per_epoch(first, client, trained_run, mlfl
     assert metrics["best_epoch"] == best["epoch"]
     assert metrics["best_val_iou"] == pytest.approx(best["val_iou"])
     assert metrics["best_val_loss"] == pytest.approx(best["val_loss"])
-    evaluation = _read(trained_run / "evaluation" / "metrics.json")
+    evaluation = read_json(trained_run / "evaluation" / "metrics.json")
     for key in ("iou", "f1", "precision", "recall", "accuracy"):
         assert metrics[f"test_{key}"] == pytest.approx(evaluation[key])
     # logging the history again (a retried step) adds no point
@@ -155,16 +141,16 @@ def test_registered_version_has_signature_example_and_stac_item(first, client, m
         info = mlflow.models.get_model_info(uri)
         stac = mlflow.artifacts.download_artifacts(f"{uri}/extra_files/stac_item.json")
         example = mlflow.artifacts.download_artifacts(f"{uri}/input_example.json")
-    size = _read(trained_run / "stats.json")["preprocessing"]["image_size"]
+    size = read_json(trained_run / "stats.json")["preprocessing"]["image_size"]
     (inp,) = info.signature.inputs.inputs
     (out,) = info.signature.outputs.inputs
     assert (inp.name, str(inp.type), inp.shape) == ("input", "float32", (-1, 3, size, size))
     assert (out.name, str(out.type), out.shape) == ("probabilities", "float32", (-1, 1, size, size))
     assert "onnx" in info.flavors
     assert Path(example).stat().st_size > 0
-    assert _read(stac) == _read(trained_run / "metadata" / "stac_item.json")
+    assert read_json(stac) == read_json(trained_run / "metadata" / "stac_item.json")
     tags = version.tags
-    assert float(tags["metric.iou"]) == pytest.approx(_read(trained_run / "evaluation" / "metrics.json")["iou"])
+    assert float(tags["metric.iou"]) == pytest.approx(read_json(trained_run / "evaluation" / "metrics.json")["iou"])
     assert tags["test_split_id"] == tracking.compute_test_split_id(trained_run)
 
 
@@ -212,7 +198,7 @@ def test_champion_on_another_test_split_is_kept_unless_reevaluated(mlflow_server
     name = "campseg-split-" + secrets.token_hex(4)
     first = publish(uri, trained_run, name, experiment="campseg-tests")
     other = copy_with_iou(trained_run, tmp_path, 0.99, "other-split")
-    stats = _read(other / "stats.json")
+    stats = read_json(other / "stats.json")
     stats["fingerprint"] = "sha256:" + "0" * 64  # another dataset content: another test split
     (other / "stats.json").write_text(json.dumps(stats))
     assert tracking.compute_test_split_id(other) != tracking.compute_test_split_id(trained_run)
