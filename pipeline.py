@@ -1,8 +1,8 @@
 """The camp-segmentation training pipeline for Kubeflow Pipelines v2: its steps, their policy, its DAG.
 
-    python pipeline.py --compile [--output pipeline.yaml] [cluster flags]
+    python pipeline.py --compile --image REF --gpu-image REF [--output pipeline.yaml] [cluster flags]
     python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
-    python pipeline.py --submit --host URL [--experiment NAME] [--schedule CRON] [parameters]
+    python pipeline.py --submit --host URL (--image REF --gpu-image REF | --package pipeline.yaml) [parameters]
 
 This module wires components; the stage logic lives in ``components/``, the KFP glue in
 ``components/kubeflow/`` and the command line in ``components/cli/pipeline.py``.
@@ -139,9 +139,10 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
     return camp_segmentation_training
 
 
-def compile_pipeline(output: Path, settings: ClusterSettings = ClusterSettings()) -> Path:
-    """Write the pipeline YAML that the KFP UI uploads."""
-    return compile_package(build_pipeline(settings), output)
+def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:
+    """Write the pipeline YAML that the KFP UI uploads; ``settings`` must name the step images
+    (:meth:`ClusterSettings.check`)."""
+    return compile_package(build_pipeline(settings.check()), output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,6 +62,7 @@ def compiled(tmp_path_factory) -> tuple[Path, dict]:
             mp.setenv(name, value)
         path = tmp_path_factory.mktemp("yaml") / "pipeline.yaml"
         assert pipeline.main(["--compile", "--output", str(path), "--image", "registry.example/campseg:1.2.3",
+                              "--gpu-image", "registry.example/campseg-cuda:1.2.3",
                               "--gpu-node-selector", "pool=gpu", "--gpu-toleration", "nvidia.com/gpu:Exists:NoSchedule",
                               "--resources", "train-model=3,6,12Gi,24Gi"]) == 0
     docs = list(yaml.safe_load_all(path.read_text()))

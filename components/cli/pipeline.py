@@ -1,9 +1,14 @@
 """The command line of ``pipeline.py``: compile, run locally, submit, or build the images and compile.
 
-    python pipeline.py --compile [--output pipeline.yaml] [cluster flags]
+    python pipeline.py --compile --image REF --gpu-image REF [--output pipeline.yaml] [cluster flags]
     python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
-    python pipeline.py --submit --host URL [--experiment NAME] [--schedule CRON] [parameters]
+    python pipeline.py --submit --host URL (--image REF --gpu-image REF | --package pipeline.yaml) [--schedule CRON] [parameters]
     python pipeline.py --build-images --registry REGISTRY [--tag TAG] [--push] [cluster flags]
+
+``--compile`` and ``--submit`` without ``--image`` and ``--gpu-image`` use the references that
+``--build-images`` recorded in ``build/images.json`` (``--images-file``), and refuse when there are
+none: no image is guessed. ``--accelerator-count 0`` compiles for a CPU-only cluster (no
+``--gpu-image`` needed).
 
 ``pipeline.py`` holds the pipeline and hands its factory to :func:`main`.
 """
@@ -19,7 +24,7 @@ from components.cli.common import DEBUG_FLAG, DEBUG_HELP, check_numbers, pop_deb
 from components.contracts.config import TrainConfig
 from components.contracts.errors import ParameterError, PipelineInputError
 from components.kubeflow.cluster import ClusterSettings, Resources, Step
-from components.kubeflow.images import build_images
+from components.kubeflow.images import IMAGES_FILE, build_images, record_images, recorded_images
 from components.kubeflow.local_runner import LOCAL_DEFAULTS, LOCAL_SETTINGS, LocalRunFailed, print_summary, run_local
 from components.kubeflow.submission import check_cron, compile_package, kfp_client, submit
 
@@ -152,12 +157,24 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     parser.add_argument("--service-account", default=None,
                         help="Kubernetes service account of the run's pods (e.g. campseg-pipeline-runner from manifests/)")
     parser.add_argument("--schedule", default=None, help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *'")
+    parser.add_argument("--package", type=Path, default=None,
+                        help="with --submit: upload this compiled pipeline YAML unchanged instead of compiling "
+                             "(the cluster flags are then the ones it was compiled with)")
     cluster = parser.add_argument_group("cluster settings (compile time)")
     d = ClusterSettings()
-    cluster.add_argument("--image", default=d.image, help="image of the CPU steps (see docker/)")
-    cluster.add_argument("--gpu-image", default="", help="image of the GPU steps, the CUDA image (default: --image)")
+    cluster.add_argument("--image", default="",
+                         help="image of the CPU steps, as pushed (digest form REPO@sha256:... preferred; see docker/); "
+                              "default: the cpu reference in --images-file")
+    cluster.add_argument("--gpu-image", default="",
+                         help="image of the GPU steps, the CUDA image; needed unless --accelerator-count 0; "
+                              "default: the cuda reference in --images-file")
+    cluster.add_argument("--images-file", type=Path, default=IMAGES_FILE,
+                         help="where --build-images records the image references and --compile/--submit read "
+                              "them when neither --image nor --gpu-image is given (default: %(default)s)")
     cluster.add_argument("--accelerator-type", default=d.accelerator_type)
-    cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count)
+    cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count,
+                         help="GPUs of the training step (default: %(default)s); 0 for a CPU-only cluster: no "
+                              "accelerator, node selector or toleration on any step")
     cluster.add_argument("--gpu-node-selector", default="=".join(d.gpu_node_selector), help="LABEL=VALUE of the GPU node pool; '' for none")
     cluster.add_argument("--gpu-toleration", default=":".join(d.gpu_toleration), help="KEY:OPERATOR:EFFECT of the GPU taint; '' for none")
     cluster.add_argument("--storage-secret", default=d.storage_secret, help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
@@ -178,22 +195,47 @@ def run_local_command(args: argparse.Namespace, build_pipeline: PipelineFactory,
     print_summary(summary, args.output_dir)
 
 
+def use_recorded_images(args: argparse.Namespace) -> None:
+    """Without ``--image`` and ``--gpu-image``, take the references ``--build-images`` recorded.
+
+    Either flag given: the flags alone decide (never half from the file). Nothing to use is refused
+    by :meth:`ClusterSettings.check`.
+    """
+    if args.image or args.gpu_image:
+        return
+    refs = recorded_images(args.images_file)
+    if refs:
+        args.image, args.gpu_image = refs["cpu"], refs.get("cuda", "")
+        print(f"Images recorded by --build-images in {args.images_file}: {args.image}, "
+              f"{args.gpu_image or '(no CUDA image)'}")
+
+
+def cluster_settings(args: argparse.Namespace, steps: Mapping[str, Step]) -> ClusterSettings:
+    """The checked cluster settings of ``--compile`` and ``--submit`` (images from the flags or the
+    recorded ones)."""
+    use_recorded_images(args)
+    return settings_from_args(args, steps).check()
+
+
 def submit_command(args: argparse.Namespace, build_pipeline: PipelineFactory, steps: Mapping[str, Step],
-                   arguments: dict[str, Any]) -> None:
-    """``--submit``: compile with the cluster flags, upload a new version, start a run or a schedule."""
+                   arguments: dict[str, Any], pipeline_name: str) -> None:
+    """``--submit``: compile with the cluster flags (or take ``--package`` as it is), upload a new
+    version, start a run or a schedule."""
     if "dataset_uri" not in arguments:
         raise PipelineInputError("--submit needs --dataset-uri (an s3:// prefix the cluster can read)")
     if args.schedule:
         check_cron(args.schedule)
+    if args.package is not None and not args.package.is_file():
+        raise PipelineInputError(f"--package {args.package}: no such file (compile it with --compile)")
+    settings = None if args.package is not None else cluster_settings(args, steps)
     version = args.version_name or time.strftime("v%Y%m%d-%H%M%S")
-    pipeline_func = build_pipeline(settings_from_args(args, steps))
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_package(pipeline_func, Path(tmp) / "pipeline.yaml")
-        result = submit(kfp_client(args.host), package, pipeline_func.name, arguments, args.experiment, version,
+        package = args.package or compile_package(build_pipeline(settings), Path(tmp) / "pipeline.yaml")
+        result = submit(kfp_client(args.host), package, pipeline_name, arguments, args.experiment, version,
                         args.schedule, service_account=args.service_account)
     kind = "recurring run" if args.schedule else "run"
     ident = getattr(result, "recurring_run_id", None) or getattr(result, "run_id", None)
-    print(f"Created {kind} {ident} of {pipeline_func.name} version {version}.")
+    print(f"Created {kind} {ident} of {pipeline_name} version {version}.")
 
 
 def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Mapping[str, Step]) -> int:
@@ -213,14 +255,22 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
     default = build_pipeline(ClusterSettings())
     args = build_parser(default).parse_args(argv)
     try:
+        if args.package is not None and not args.submit:
+            raise ParameterError("--package goes with --submit (it uploads an already compiled pipeline)")
+        if args.package is not None and (args.image or args.gpu_image):
+            raise ParameterError("--package uploads the YAML as compiled, with its images: drop "
+                                 "--image/--gpu-image, or drop --package to compile with them")
         if args.compile:
-            path = compile_package(build_pipeline(settings_from_args(args, steps)), args.output)
+            path = compile_package(build_pipeline(cluster_settings(args, steps)), args.output)
             print(f"Wrote {path}: upload it in the Kubeflow Pipelines UI (Pipelines > Upload pipeline).")
         elif args.build_images:
+            settings_from_args(args, steps)  # flag errors before a long build
             refs = build_images(args.registry, args.tag, args.push, args.wheelhouse)
-            args.image, args.gpu_image = refs["cpu"], refs["cuda"]
-            path = compile_package(build_pipeline(settings_from_args(args, steps)), args.output)
-            print(f"Images: {refs}\nWrote {path} referencing them.")
+            args.image, args.gpu_image = refs["cpu"], refs.get("cuda", "")
+            recorded = record_images(refs, args.images_file)
+            path = compile_package(build_pipeline(settings_from_args(args, steps).check()), args.output)
+            print(f"Images: {refs} (recorded in {recorded} for --compile and --submit)\n"
+                  f"Wrote {path} referencing them.")
         elif args.run_local:
             arguments = pipeline_arguments(args, default, local=True)
             check_pipeline_arguments(arguments, default)
@@ -228,7 +278,7 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
         else:
             arguments = pipeline_arguments(args, default, local=False)
             check_pipeline_arguments(arguments, default)
-            submit_command(args, build_pipeline, steps, arguments)
+            submit_command(args, build_pipeline, steps, arguments, default.name)
     except (PipelineInputError, ValueError) as exc:
         return report(exc, debug, status=2)
     except LocalRunFailed as exc:

@@ -10,9 +10,13 @@ from typing import Callable, Literal, Mapping, Optional, Tuple
 
 from kfp import dsl, kubernetes
 
+from components.contracts.errors import ParameterError
 from components.kubeflow.components import make_components
 
-DEFAULT_IMAGE = "ghcr.io/campseg/campseg-cpu:0.1.0"
+#: Stands in for the step image where none is compiled in: the flags' parser and ``--run-local``
+#: (kfp.local runs the steps in this environment). :meth:`ClusterSettings.check` refuses to
+#: compile a pipeline for a cluster with it: no image is guessed.
+NO_IMAGE = "campseg-image-not-set"
 #: Environment variables a step takes from the storage Secret (its keys have the same names).
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 #: Non-secret settings a step takes from the ConfigMap (optional keys).
@@ -52,10 +56,15 @@ class Step:
 
 @dataclass
 class ClusterSettings:
-    """Everything about the cluster that is fixed at compile time (flags of ``--compile``)."""
+    """Everything about the cluster that is fixed at compile time (flags of ``--compile``).
 
-    image: str = DEFAULT_IMAGE
-    gpu_image: str = ""  # image of the GPU steps (the CUDA image); empty: ``image``
+    ``image`` and ``gpu_image`` have no usable default: a pipeline for a cluster names the images
+    it was built with (:meth:`check`). ``accelerator_count`` 0 is a CPU-only cluster: no step gets
+    an accelerator, a node selector or a toleration, and training runs on ``image``.
+    """
+
+    image: str = ""  # image of the CPU steps; empty: not set (:data:`NO_IMAGE` where only the spec matters)
+    gpu_image: str = ""  # image of the GPU steps (the CUDA image); empty: ``image``, only without accelerator
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_count: int = 1
     gpu_node_selector: Optional[Tuple[str, str]] = ("nvidia.com/gpu.present", "true")
@@ -67,9 +76,35 @@ class ClusterSettings:
     backoff: str = "30s"
     resources: dict[str, Resources] = field(default_factory=dict)  # per step: overrides the table's
 
+    def check(self) -> "ClusterSettings":
+        """Refuse settings no cluster can run: no image, or a GPU request without the CUDA image.
+
+        Raises:
+            ParameterError: naming the flag to pass.
+        """
+        if not self.image:
+            raise ParameterError(
+                "no step image: pass --image REF and --gpu-image REF (the CPU and CUDA images you pushed, "
+                "e.g. registry.example.com/campseg/campseg@sha256:...), or run --build-images --push "
+                "first, which records them for --compile and --submit")
+        for flag, ref in (("--image", self.image), ("--gpu-image", self.gpu_image)):
+            if ref and (ref != ref.strip() or " " in ref or ref.startswith("-") or ref == NO_IMAGE):
+                raise ParameterError(f"{flag} {ref!r}: not an image reference (REGISTRY/NAME:TAG or NAME@sha256:...)")
+        if self.accelerator_count < 0:
+            raise ParameterError(f"--accelerator-count {self.accelerator_count}: must be >= 0 (0: a CPU-only cluster)")
+        if self.accelerator_count > 0 and not self.gpu_image:
+            raise ParameterError(
+                f"--accelerator-count {self.accelerator_count} requests a GPU for training but no --gpu-image "
+                "is given: training would run in the CPU image on a GPU node, holding the GPU. Pass "
+                "--gpu-image REF (the CUDA image), or --accelerator-count 0 on a CPU-only cluster")
+        return self
+
 
 def on_gpu(task: dsl.PipelineTask, s: ClusterSettings) -> None:
-    """Accelerator, node selector and toleration for the GPU node pool (KFP adds no toleration)."""
+    """Accelerator, node selector and toleration for the GPU node pool (KFP adds no toleration);
+    nothing on a CPU-only cluster (``accelerator_count`` 0)."""
+    if s.accelerator_count <= 0:
+        return
     task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_count)
     if s.gpu_node_selector:
         kubernetes.add_node_selector(task, *s.gpu_node_selector)
@@ -102,7 +137,8 @@ def configure(task: dsl.PipelineTask, name: str, step: Step, s: ClusterSettings)
 
 def step_factory(steps: Mapping[str, Step], s: ClusterSettings) -> Callable[..., dsl.PipelineTask]:
     """``make(name, **inputs)``: the configured task of step ``name`` (component ``name`` with ``_``)."""
-    images = {"cpu": make_components(s.image), "gpu": make_components(s.gpu_image or s.image)}
+    cpu = s.image or NO_IMAGE
+    images = {"cpu": make_components(cpu), "gpu": make_components(s.gpu_image or cpu)}
 
     def make(name: str, **inputs) -> dsl.PipelineTask:
         step = steps[name]

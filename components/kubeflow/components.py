@@ -209,7 +209,7 @@ def register_model(
 
 
 def end_tracking(kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
-    """Exit handler: close the MLflow run as FINISHED, or FAILED when any step failed."""
+    """Exit handler: close the MLflow run as FINISHED, FAILED when any step failed, KILLED when cancelled."""
     from components.kubeflow.steps import end_tracking as end
 
     end(kfp_run_id, status.state, status.error_message or "")

@@ -334,7 +334,10 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
 
 
 def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:
-    """Exit handler: mark the pipeline's MLflow run FINISHED, or FAILED when a step failed."""
+    """Exit handler: mark the pipeline's MLflow run FINISHED, FAILED when a step failed, or KILLED
+    when the run was cancelled (``state`` as :func:`~components.kubeflow.final_status.mlflow_status`
+    maps it, whichever runner spelled it)."""
+    from components.kubeflow.final_status import mlflow_status
     from components.tracking import check_tracking_server, end_run, running_runs_of
 
     try:
@@ -344,7 +347,7 @@ def end_tracking(kfp_run_id: str, state: str, error: str = "") -> str | None:
     except Exception as exc:  # noqa: BLE001 - the first step may have failed on exactly this
         print(f"end_tracking: MLflow not reachable ({exc}); nothing to close")
         return None
-    status = "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED"
+    status, reason = mlflow_status(state, error)
     for run_id in run_ids:
-        end_run(uri, run_id, status, reason=error or None)
+        end_run(uri, run_id, status, reason=reason or None)
     return status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 import pipeline
 from components.contracts.config import TrainConfig
@@ -52,10 +53,54 @@ def test_gpu_task_has_accelerator_node_selector_and_toleration(compiled):
     assert "accelerator" not in cpu_only.get("resources", {})
 
 
-def test_image_is_the_compile_flag(compiled):
+def test_images_are_the_compile_flags(compiled):
     _, docs = compiled
-    images = {e["container"]["image"] for e in docs["spec"]["deploymentSpec"]["executors"].values()}
-    assert images == {"registry.example/campseg:1.2.3"}
+    images = {name: e["container"]["image"] for name, e in docs["spec"]["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train-model") == "registry.example/campseg-cuda:1.2.3"
+    assert set(images.values()) == {"registry.example/campseg:1.2.3"}
+
+
+@pytest.mark.parametrize("flags, needle", [
+    ([], "no step image: pass --image REF and --gpu-image REF"),
+    (["--image", "registry.example/campseg:1"], "--accelerator-count 1 requests a GPU for training but no --gpu-image"),
+    (["--image", "registry.example/campseg:1", "--accelerator-count", "-1"], "must be >= 0"),
+    (["--image", "registry.example/campseg:1", "--gpu-image", "two words"], "not an image reference"),
+])
+def test_compile_refuses_a_missing_image_or_a_gpu_without_its_image(tmp_path, capsys, flags, needle):
+    out = tmp_path / "p.yaml"
+    code = pipeline.main(["--compile", "--output", str(out), "--images-file", str(tmp_path / "none.json"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert needle in line, line
+    assert not out.exists()
+
+
+def test_cpu_only_cluster_has_no_accelerator_selector_or_toleration(tmp_path):
+    out = tmp_path / "cpu.yaml"
+    assert pipeline.main(["--compile", "--output", str(out), "--images-file", str(tmp_path / "none.json"),
+                          "--image", "registry.example/campseg:1", "--accelerator-count", "0"]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    assert all("accelerator" not in e["container"].get("resources", {}) for e in executors.values())
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/campseg:1"}
+    platform = docs[1] if len(docs) > 1 else {}
+    for name in executors:
+        config = executor_config(platform, name.removeprefix("exec-")) if platform else {}
+        assert "nodeSelector" not in config and "tolerations" not in config, name
+
+
+def test_compile_uses_the_images_build_images_recorded(tmp_path, capsys):
+    from components.kubeflow.images import record_images
+
+    refs = {"cpu": "registry.example/campseg@sha256:" + "a" * 64, "cuda": "registry.example/campseg-cuda@sha256:" + "b" * 64}
+    recorded = record_images(refs, tmp_path / "build" / "images.json")
+    out = tmp_path / "p.yaml"
+    assert pipeline.main(["--compile", "--output", str(out), "--images-file", str(recorded)]) == 0
+    executors = list(yaml.safe_load_all(out.read_text()))[0]["deploymentSpec"]["executors"]
+    assert executors.pop("exec-train-model")["container"]["image"] == refs["cuda"]
+    assert {e["container"]["image"] for e in executors.values()} == {refs["cpu"]}
+    assert str(recorded) in capsys.readouterr().out
 
 
 def test_credentials_only_by_secret_name(compiled):

@@ -26,9 +26,14 @@ from tests.support.kfp_api_server import API, KfpApiServer
 from tests.support.paths import REPO
 
 DATASET = "s3://b/data/"
+#: The step images every cluster submission names (no image is guessed).
+IMAGES = ["--image", "registry.example/campseg:test", "--gpu-image", "registry.example/campseg-cuda:test"]
+IMAGE_SETTINGS = pipeline.ClusterSettings(image="registry.example/campseg:test",
+                                          gpu_image="registry.example/campseg-cuda:test")
 #: Non-default cluster flags: proves that --submit compiles with the cluster flags it is given.
-CLUSTER_FLAGS = ["--image", "registry.example/campseg:test", "--accelerator-count", "2"]
-CLUSTER_SETTINGS = pipeline.ClusterSettings(image="registry.example/campseg:test", accelerator_count=2)
+CLUSTER_FLAGS = [*IMAGES, "--accelerator-count", "2"]
+CLUSTER_SETTINGS = pipeline.ClusterSettings(image="registry.example/campseg:test",
+                                            gpu_image="registry.example/campseg-cuda:test", accelerator_count=2)
 
 pytestmark = pytest.mark.filterwarnings("ignore:This client only works:FutureWarning")
 
@@ -52,8 +57,11 @@ def clean_env(tmp_path, monkeypatch) -> dict[str, str]:
 
 
 def submit_cli(server_url: str, *args: str, env: dict[str, str], timeout: int = 60) -> subprocess.CompletedProcess:
-    """``python pipeline.py --submit --host URL ARGS`` in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "pipeline.py", "--submit", "--host", server_url, *args],
+    """``python pipeline.py --submit --host URL ARGS`` in a fresh process, as a user runs it (with
+    ``--images-file`` under the test's HOME, so a ``build/images.json`` of the checkout never counts)."""
+    images_file = str(Path(env["HOME"]) / "no-images.json")
+    return subprocess.run([sys.executable, "pipeline.py", "--submit", "--host", server_url,
+                           "--images-file", images_file, *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -129,7 +137,8 @@ def test_submit_uploads_the_compiled_pipeline_then_new_versions_and_starts_runs(
 
 def test_schedule_creates_an_enabled_recurring_run_without_catchup(kfp_server, clean_env, tmp_path, capsys):
     code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--train-epochs", "7",
-                          "--experiment", "nightly", "--version-name", "v3", "--schedule", "0 0 3 * * *"])
+                          "--experiment", "nightly", "--version-name", "v3", "--schedule", "0 0 3 * * *",
+                          *IMAGES])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert not kfp_server.calls("POST", f"{API}/runs")  # a schedule, not a one-off run
@@ -148,9 +157,9 @@ def test_schedule_creates_an_enabled_recurring_run_without_catchup(kfp_server, c
     (recurring_id,) = kfp_server.recurring_runs
     assert kfp_server.recurring_runs[recurring_id]["status"] == "ENABLED"
     assert f"Created recurring run {recurring_id}" in out
-    # in-process too, the uploaded spec is the compiled YAML with the default cluster settings
+    # in-process too, the uploaded spec is the compiled YAML with the images and default cluster settings
     upload = kfp_server.call("POST", f"{API}/pipelines/upload_version")
-    assert uploaded_docs(upload) == compiled_docs(tmp_path, pipeline.ClusterSettings())
+    assert uploaded_docs(upload) == compiled_docs(tmp_path, IMAGE_SETTINGS)
 
 
 def test_five_field_cron_is_rejected_before_contacting_the_server(kfp_server, clean_env):
@@ -166,7 +175,8 @@ def test_five_field_cron_is_rejected_before_contacting_the_server(kfp_server, cl
 def test_server_errors_reach_the_user(kfp_server, clean_env, capsys, method, path, status, message):
     kfp_server.fail(method, path, status, {"error": message, "code": 3 if status == 400 else 13, "message": message,
                                            "details": []})
-    code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--train-epochs", "7"])
+    code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--train-epochs", "7",
+                          *IMAGES])
     out, err = capsys.readouterr()
     assert code != 0
     assert "Traceback" not in err
@@ -180,7 +190,7 @@ def test_server_error_from_the_cli_on_a_schedule(kfp_server, clean_env):
     kfp_server.fail("POST", f"{API}/recurringruns", 400,
                     {"error": "bad cron", "code": 3, "message": "invalid cron schedule: expected exactly 6 fields"})
     proc = submit_cli(kfp_server.url, "--dataset-uri", DATASET, "--schedule", "0 0 3 * * *",
-                      "--version-name", "v1", env=clean_env)
+                      "--version-name", "v1", *IMAGES, env=clean_env)
     error_line(proc, "400", "invalid cron schedule: expected exactly 6 fields")
     assert kfp_server.calls("POST", f"{API}/recurringruns")[-1].status == 400
 
@@ -188,7 +198,7 @@ def test_server_error_from_the_cli_on_a_schedule(kfp_server, clean_env):
 def test_unreachable_host_is_a_clear_error(clean_env):
     with KfpApiServer() as gone:
         url = gone.url  # a port that was free a moment ago and is closed now
-    proc = submit_cli(url, "--dataset-uri", DATASET, env=clean_env)
+    proc = submit_cli(url, "--dataset-uri", DATASET, *IMAGES, env=clean_env)
     error_line(proc, "cannot reach the KFP server", url)
 
 
@@ -198,7 +208,7 @@ def test_credentials_come_from_the_environment_and_stay_secret(kfp_server, clean
     token_file = tmp_path / "token"
     token_file.write_text(token)
     env = {**clean_env, "KF_PIPELINES_SA_TOKEN_PATH": str(token_file), "AWS_SECRET_ACCESS_KEY": aws_secret}
-    argv = ["--dataset-uri", DATASET, "--version-name", "v1"]
+    argv = ["--dataset-uri", DATASET, "--version-name", "v1", *IMAGES]
     proc = submit_cli(kfp_server.url, *argv, env=env)
     assert proc.returncode == 0, proc.stderr
     assert kfp_server.requests
@@ -212,12 +222,51 @@ def test_credentials_come_from_the_environment_and_stay_secret(kfp_server, clean
 
 
 def test_without_a_token_no_authorization_header_is_sent(kfp_server, clean_env, capsys):
-    assert pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET]) == 0
+    assert pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, *IMAGES]) == 0
     assert all(r.header("Authorization") is None for r in kfp_server.requests)
 
 
 def test_service_account_reaches_the_run(kfp_server, clean_env, capsys):
     code = pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET,
-                          "--service-account", "campseg-pipeline-runner", "--version-name", "sa1"])
+                          "--service-account", "campseg-pipeline-runner", "--version-name", "sa1", *IMAGES])
     assert code == 0, capsys.readouterr().err
     assert kfp_server.call("POST", f"{API}/runs").json["service_account"] == "campseg-pipeline-runner"
+
+
+def test_package_is_uploaded_unchanged(kfp_server, clean_env, tmp_path):
+    """``--submit --package FILE``: the bytes the server receives are the file the user compiled."""
+    package = tmp_path / "pipeline.yaml"
+    compile_cli = subprocess.run([sys.executable, "pipeline.py", "--compile", "--output", str(package), *CLUSTER_FLAGS,
+                                  "--images-file", str(tmp_path / "none.json")],
+                                 cwd=REPO, env=clean_env, capture_output=True, text=True, timeout=120)
+    assert compile_cli.returncode == 0, compile_cli.stderr
+    package.write_bytes(package.read_bytes() + b"# compiled by the user, kept as it is\n")
+    proc = submit_cli(kfp_server.url, "--dataset-uri", DATASET, "--package", str(package), "--version-name", "p1",
+                      env=clean_env)
+    assert proc.returncode == 0, proc.stderr
+    for route in ("upload", "upload_version"):
+        assert kfp_server.call("POST", f"{API}/pipelines/{route}").parts["uploadfile"].data == package.read_bytes()
+    assert kfp_server.call("POST", f"{API}/runs").json["runtime_config"]["parameters"] == {"dataset_uri": DATASET}
+
+
+@pytest.mark.parametrize("flags, needle", [
+    ([], "no step image: pass --image REF and --gpu-image REF"),
+    (["--image", "registry.example/campseg:test"], "requests a GPU for training but no --gpu-image"),
+    (["--package", "missing.yaml"], "--package missing.yaml: no such file"),
+    (["--package", "pipeline.yaml", *IMAGES], "--package uploads the YAML as compiled"),
+])
+def test_submit_without_images_is_refused_before_contacting_the_server(kfp_server, clean_env, flags, needle):
+    proc = submit_cli(kfp_server.url, "--dataset-uri", DATASET, *flags, env=clean_env)
+    assert proc.returncode == 2
+    error_line(proc, needle)
+    assert kfp_server.requests == []
+
+
+def test_submit_uses_the_images_build_images_recorded(kfp_server, clean_env, tmp_path, capsys):
+    from components.kubeflow.images import record_images
+
+    recorded = record_images({"cpu": IMAGE_SETTINGS.image, "cuda": IMAGE_SETTINGS.gpu_image}, tmp_path / "images.json")
+    assert pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--version-name", "r1",
+                          "--images-file", str(recorded)]) == 0, capsys.readouterr().err
+    upload = kfp_server.call("POST", f"{API}/pipelines/upload_version")
+    assert uploaded_docs(upload) == compiled_docs(tmp_path, IMAGE_SETTINGS)
