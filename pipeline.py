@@ -23,23 +23,26 @@ from components.kubeflow.submission import compile_package
 
 PIPELINE_NAME = "camp-segmentation-training"
 
-#: The policy of every step, in pipeline order. image: cpu runs on --image, gpu on --gpu-image;
-#: accelerator: the GPU, its node selector and toleration; cache: KFP may reuse the result (never
-#: for steps that read data behind an unchanged URI or talk to MLflow for this run); retry: talks
-#: to storage, so retries with backoff (--retries); resources: CPU and memory requests and limits
-#: (--resources overrides them).
+#: The policy of every step, in pipeline order (``components/kubeflow/cluster.py`` applies it).
+#: image: cpu runs on --image, gpu on --gpu-image. pool: gpu puts the step on the GPU node pool
+#: (node selector and toleration; --only-gpu-pool puts every step there); GPU: the step requests
+#: the accelerator (never a CPU-bound step). cache: KFP may reuse the result (never for steps that
+#: read data behind an unchanged URI or talk to MLflow for this run). retry: idempotent and talks
+#: to storage or MLflow, so transient failures are retried in-process (--retries; a deterministic
+#: error fails at once). scratch: downloads data, so gets the scratch volume with TMPDIR on it
+#: (--scratch-size). resources: CPU and memory requests and limits (--resources overrides them).
 STEPS = {
-    #                           image  accelerator  cache  retry  resources: CPU request, limit; memory request, limit
-    "start-tracking":      Step("cpu", False,       False, True,  Resources("250m", "1", "512Mi", "1Gi")),
-    "dataset-fingerprint": Step("cpu", False,       False, True,  Resources("250m", "1", "256Mi", "1Gi")),
-    "dataset-statistics":  Step("cpu", False,       True,  True,  Resources("1", "2", "2Gi", "4Gi")),
-    "train-model":         Step("gpu", True,        True,  True,  Resources("4", "8", "16Gi", "32Gi")),
-    "export-model":        Step("cpu", False,       True,  True,  Resources("2", "4", "4Gi", "8Gi")),
-    "evaluate-model":      Step("cpu", False,       True,  True,  Resources("2", "4", "4Gi", "8Gi")),
-    "package-dlpk":        Step("cpu", False,       True,  False, Resources("1", "2", "2Gi", "4Gi")),
-    "generate-stac-item":  Step("cpu", False,       True,  False, Resources("500m", "1", "1Gi", "2Gi")),
-    "register-model":      Step("cpu", False,       False, True,  Resources("1", "2", "2Gi", "4Gi")),
-    "end-tracking":        Step("cpu", False,       False, False, Resources("250m", "1", "512Mi", "1Gi")),
+    #                           image  pool   GPU    cache  retry  scratch  resources: CPU request, limit; memory request, limit
+    "start-tracking":      Step("cpu", "any", False, False, True,  False,   Resources("250m", "1", "512Mi", "1Gi")),
+    "dataset-fingerprint": Step("cpu", "any", False, False, True,  False,   Resources("250m", "1", "256Mi", "1Gi")),
+    "dataset-statistics":  Step("cpu", "any", False, True,  True,  True,    Resources("1", "2", "2Gi", "4Gi")),
+    "train-model":         Step("gpu", "gpu", True,  True,  True,  True,    Resources("4", "8", "16Gi", "32Gi")),
+    "export-model":        Step("cpu", "any", False, True,  True,  True,    Resources("2", "4", "4Gi", "8Gi")),
+    "evaluate-model":      Step("cpu", "any", False, True,  True,  True,    Resources("2", "4", "4Gi", "8Gi")),
+    "package-dlpk":        Step("cpu", "any", False, True,  False, False,   Resources("1", "2", "2Gi", "4Gi")),
+    "generate-stac-item":  Step("cpu", "any", False, True,  False, False,   Resources("500m", "1", "1Gi", "2Gi")),
+    "register-model":      Step("cpu", "any", False, False, True,  True,    Resources("1", "2", "2Gi", "4Gi")),
+    "end-tracking":        Step("cpu", "any", False, False, False, False,   Resources("250m", "1", "512Mi", "1Gi")),
 }
 
 

@@ -118,9 +118,11 @@ def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> Non
 def settings_from_args(args: argparse.Namespace, steps: Mapping[str, Step]) -> ClusterSettings:
     """The cluster settings of the flags; ``--resources`` must name a step of ``steps``."""
     s = ClusterSettings(image=args.image, gpu_image=args.gpu_image, accelerator_type=args.accelerator_type,
-                        accelerator_count=args.accelerator_count, storage_secret=args.storage_secret,
-                        config_map=args.config_map, mlflow_secret=args.mlflow_secret, retries=args.retries,
-                        backoff=args.retry_backoff)
+                        accelerator_count=args.accelerator_count, only_gpu_pool=args.only_gpu_pool,
+                        storage_secret=args.storage_secret.strip(), config_map=args.config_map.strip(),
+                        mlflow_secret=args.mlflow_secret.strip(), retries=args.retries, backoff=args.retry_backoff,
+                        pod_retries=args.pod_retries, scratch_size=args.scratch_size.strip(),
+                        scratch_volume=args.scratch_volume, scratch_storage_class=args.scratch_storage_class.strip())
     s.gpu_node_selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else None
     if args.gpu_toleration:
         parts = args.gpu_toleration.split(":")
@@ -177,11 +179,35 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
                               "accelerator, node selector or toleration on any step")
     cluster.add_argument("--gpu-node-selector", default="=".join(d.gpu_node_selector), help="LABEL=VALUE of the GPU node pool; '' for none")
     cluster.add_argument("--gpu-toleration", default=":".join(d.gpu_toleration), help="KEY:OPERATOR:EFFECT of the GPU taint; '' for none")
-    cluster.add_argument("--storage-secret", default=d.storage_secret, help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    cluster.add_argument("--mlflow-secret", default=d.mlflow_secret, help="optional Secret with MLFLOW_TRACKING_USERNAME/PASSWORD")
-    cluster.add_argument("--config-map", default=d.config_map, help="ConfigMap with AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, ...")
-    cluster.add_argument("--retries", type=int, default=d.retries, help="retries of the steps that talk to storage")
-    cluster.add_argument("--retry-backoff", default=d.backoff, help="first retry delay (doubles each retry)")
+    cluster.add_argument("--only-gpu-pool", action="store_true",
+                         help="the cluster's only node pool is the GPU pool: every step gets its node selector and "
+                              "toleration; still only training requests a GPU")
+    cluster.add_argument("--storage-secret", default=d.storage_secret,
+                         help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (default: %(default)s); "
+                              "'' for none (e.g. credentials from the node's or service account's identity)")
+    cluster.add_argument("--mlflow-secret", default=d.mlflow_secret,
+                         help="optional Secret with MLFLOW_TRACKING_USERNAME/PASSWORD (default: %(default)s); "
+                              "'' for none (an MLflow server without login)")
+    cluster.add_argument("--config-map", default=d.config_map,
+                         help="ConfigMap with AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, ... (default: %(default)s); "
+                              "'' for none")
+    cluster.add_argument("--retries", type=int, default=d.retries,
+                         help="in-process retries of transient failures (storage, network, server 5xx) of the steps "
+                              "that talk to storage or MLflow (default: %(default)s); other errors fail at once")
+    cluster.add_argument("--retry-backoff", default=d.backoff,
+                         help="first delay of those retries, doubling each time (default: %(default)s)")
+    cluster.add_argument("--pod-retries", type=int, default=d.pod_retries,
+                         help="KFP retry policy: rerun a failed pod of those steps this often (default: %(default)s). "
+                              "It cannot tell transient from deterministic failures: use it only against evicted "
+                              "or preempted pods (spot nodes)")
+    cluster.add_argument("--scratch-size", default=d.scratch_size,
+                         help="scratch volume of the steps that download data, mounted at /scratch with TMPDIR on it "
+                              "(default: %(default)s); '' for none (the container's own /tmp)")
+    cluster.add_argument("--scratch-volume", choices=("ephemeral", "empty-dir"), default=d.scratch_volume,
+                         help="ephemeral: a generic ephemeral volume (its own claim, default); empty-dir: the node's "
+                              "ephemeral storage, limited to --scratch-size")
+    cluster.add_argument("--scratch-storage-class", default=d.scratch_storage_class,
+                         help="StorageClass of the ephemeral scratch volume (default: the cluster's default)")
     cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
     parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     add_parameter_flags(parser, pipeline_func)

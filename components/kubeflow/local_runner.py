@@ -17,9 +17,9 @@ from components.kubeflow.cluster import ClusterSettings
 #: keeps the cluster ones).
 LOCAL_DEFAULTS = {"train_epochs": TrainConfig.epochs, "train_batch_size": TrainConfig.batch_size,
                   "train_patience": TrainConfig.patience}
-#: No task-level retries locally: kfp.local honours them (30 s, 60 s, 120 s), which turns a
-#: fail-fast error of the first step into minutes of waiting; transfers retry on their own.
-LOCAL_SETTINGS = ClusterSettings(retries=0)
+#: No retries locally (kfp.local honours KFP's too), so an error of the first step fails fast;
+#: transfers retry on their own. No scratch volume: TMPDIR stays this machine's.
+LOCAL_SETTINGS = ClusterSettings(retries=0, scratch_size="")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Failed))):\s*(.*)$")

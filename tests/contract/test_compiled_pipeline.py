@@ -1,4 +1,4 @@
-"""The compiled pipeline YAML: tasks, parameters, caching, retries, cluster settings, credentials."""
+"""The compiled pipeline YAML: tasks, parameters, caching, retries, placement, credentials, scratch volume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pipeline
 from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
 from components.data.splits import SplitRatios
+from components.kubeflow.cluster import BACKOFF_ENV, RETRIES_ENV
 
+IMAGES = ["--image", "registry.example/campseg:1", "--gpu-image", "registry.example/campseg-cuda:1"]
 STAGE_TASKS = {"dataset-statistics", "train-model", "export-model", "evaluate-model", "package-dlpk", "generate-stac-item"}
 
 
@@ -20,6 +22,23 @@ def tasks(spec: dict) -> dict:
 def executor_config(platform: dict, task: str) -> dict:
     deployment = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     return deployment[f"exec-{task}"]
+
+
+def container_of(spec: dict, task: str) -> dict:
+    return spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]
+
+
+def env_of(spec: dict, task: str) -> dict:
+    return {e["name"]: e["value"] for e in container_of(spec, task).get("env", [])}
+
+
+def compile_with(tmp_path, *flags: str) -> tuple[dict, dict]:
+    """The pipeline spec and platform config ``--compile`` writes with ``flags`` (and the images)."""
+    out = tmp_path / "p.yaml"
+    assert pipeline.main(["--compile", "--output", str(out), "--images-file", str(tmp_path / "none.json"),
+                          *IMAGES, *flags]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
 def dag_tasks(spec: dict) -> dict:
@@ -152,14 +171,150 @@ def test_caching_never_serves_stale_data(compiled):
         assert dag[name]["cachingOptions"]["enableCache"] is True
 
 
-def test_storage_steps_retry_with_backoff(compiled):
+def test_no_kfp_retries_by_default_transient_retries_in_process(compiled):
+    """KFP's retry policy reruns a pod on any failure, deterministic ones included: off unless
+    --pod-retries; the steps that talk to storage or MLflow retry transient failures themselves."""
     _, docs = compiled
     dag = dag_tasks(docs["spec"])
     retrying = {name for name, step in pipeline.STEPS.items() if step.retry}
     assert retrying == {"start-tracking", "dataset-fingerprint", "dataset-statistics", "train-model", "export-model",
                         "evaluate-model", "register-model"}
-    for name in retrying:
-        policy = dag[name]["retryPolicy"]
-        assert policy["maxRetryCount"] == 3 and policy["backoffFactor"] == 2.0
-    for name in set(dag) - retrying - {"exit-handler-1", "close-mlflow-run-on-exit"}:
-        assert "retryPolicy" not in dag[name], name
+    assert not [name for name, task in dag.items() if "retryPolicy" in task]
+    for name in pipeline.STEPS:
+        assert env_of(docs["spec"], name)[RETRIES_ENV] == ("3" if name in retrying else "0"), name
+        assert float(env_of(docs["spec"], name)[BACKOFF_ENV]) == 10.0
+
+
+def test_pod_retries_only_when_asked(tmp_path):
+    spec, _ = compile_with(tmp_path, "--pod-retries", "2", "--retry-backoff", "1m", "--retries", "5")
+    dag = dag_tasks(spec)
+    for name, step in pipeline.STEPS.items():
+        if step.retry:
+            assert dag[name]["retryPolicy"]["maxRetryCount"] == 2, name
+            assert dag[name]["retryPolicy"]["backoffDuration"] == "60s"
+            assert env_of(spec, name)[RETRIES_ENV] == "5"
+            assert env_of(spec, name)[BACKOFF_ENV] == "60.0"
+        else:
+            assert "retryPolicy" not in dag[name], name
+
+
+# --------------------------------------------------------------------------------------------
+# Placement: the GPU node pool and the GPU
+# --------------------------------------------------------------------------------------------
+def test_only_training_is_on_the_gpu_pool_and_holds_a_gpu(compiled):
+    _, docs = compiled
+    on_pool = {n for n, step in pipeline.STEPS.items() if step.pool == "gpu"}
+    with_gpu = {n for n, step in pipeline.STEPS.items() if step.gpu}
+    assert on_pool == with_gpu == {"train-model"}
+    for name in pipeline.STEPS:
+        config = executor_config(docs["platform"], name)
+        resources = container_of(docs["spec"], name).get("resources", {})
+        assert ("accelerator" in resources) == (name in with_gpu), name
+        assert ("nodeSelector" in config) == ("tolerations" in config) == (name in on_pool), name
+
+
+def test_only_gpu_pool_places_every_step_there_but_only_training_requests_a_gpu(tmp_path):
+    """A cluster whose only node pool is a (tainted) GPU pool: every step tolerates the taint; the
+    CPU-bound steps hold no GPU and cannot see the node's GPUs."""
+    spec, platform = compile_with(tmp_path, "--only-gpu-pool", "--gpu-node-selector", "pool=gpu",
+                                  "--gpu-toleration", "nvidia.com/gpu:Exists:NoSchedule")
+    for name in pipeline.STEPS:
+        config = executor_config(platform, name)
+        assert config["nodeSelector"]["labels"] == {"pool": "gpu"}, name
+        assert config["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        accelerator = container_of(spec, name).get("resources", {}).get("accelerator")
+        if name == "train-model":
+            assert accelerator["resourceType"] == "nvidia.com/gpu" and str(accelerator["resourceCount"]) == "1"
+            assert "NVIDIA_VISIBLE_DEVICES" not in env_of(spec, name)
+        else:
+            assert accelerator is None, name
+            assert env_of(spec, name)["NVIDIA_VISIBLE_DEVICES"] == "void", name
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--only-gpu-pool", "--accelerator-count", "0"], "--only-gpu-pool with --accelerator-count 0"),
+    (["--only-gpu-pool", "--gpu-node-selector", "", "--gpu-toleration", ""], "--only-gpu-pool needs"),
+    (["--scratch-size", "lots"], "--scratch-size 'lots': expected a Kubernetes quantity"),
+    (["--retry-backoff", "soon"], "--retry-backoff 'soon'"),
+    (["--retries", "-1"], "--retries -1: must be >= 0"),
+])
+def test_compile_refuses_bad_cluster_flags(tmp_path, capsys, flags, needle):
+    out = tmp_path / "p.yaml"
+    code = pipeline.main(["--compile", "--output", str(out), *IMAGES, *flags])
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert code == 2 and needle in line, line
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets and ConfigMaps: referenced only when configured
+# --------------------------------------------------------------------------------------------
+def test_secrets_and_config_map_by_default(compiled):
+    _, docs = compiled
+    for name in pipeline.STEPS:
+        config = executor_config(docs["platform"], name)
+        assert {(e["secretName"], e["optional"]) for e in config["secretAsEnv"]} == {
+            ("campseg-s3-credentials", False), ("campseg-mlflow-credentials", True)}, name
+        assert [(e["configMapName"], e["optional"]) for e in config["configMapAsEnv"]] == [
+            ("campseg-endpoints", True)], name
+
+
+@pytest.mark.parametrize("flag, field, kept", [
+    ("--storage-secret", "secretAsEnv", {"campseg-mlflow-credentials"}),
+    ("--mlflow-secret", "secretAsEnv", {"campseg-s3-credentials"}),
+    ("--config-map", "configMapAsEnv", set()),
+])
+def test_an_empty_name_references_nothing(tmp_path, flag, field, kept):
+    spec, platform = compile_with(tmp_path, flag, "")
+    for name in pipeline.STEPS:
+        config = executor_config(platform, name)
+        names = {e.get("secretName") or e.get("configMapName") for e in config.get(field, [])}
+        assert names == kept, (name, names)
+
+
+def test_other_names_are_referenced_as_given(tmp_path):
+    _, platform = compile_with(tmp_path, "--storage-secret", "team-s3", "--mlflow-secret", "team-mlflow",
+                               "--config-map", "team-endpoints")
+    config = executor_config(platform, "register-model")
+    assert {e["secretName"] for e in config["secretAsEnv"]} == {"team-s3", "team-mlflow"}
+    assert [e["configMapName"] for e in config["configMapAsEnv"]] == ["team-endpoints"]
+
+
+# --------------------------------------------------------------------------------------------
+# The scratch volume of the data steps
+# --------------------------------------------------------------------------------------------
+SCRATCH_STEPS = {"dataset-statistics", "train-model", "export-model", "evaluate-model", "register-model"}
+
+
+def test_data_steps_get_a_generic_ephemeral_scratch_volume_with_tmpdir_on_it(compiled):
+    _, docs = compiled
+    assert {n for n, step in pipeline.STEPS.items() if step.scratch} == SCRATCH_STEPS
+    for name in pipeline.STEPS:
+        config = executor_config(docs["platform"], name)
+        env = env_of(docs["spec"], name)
+        if name in SCRATCH_STEPS:
+            assert config["genericEphemeralVolume"] == [{
+                "volumeName": "campseg-scratch", "mountPath": "/scratch", "accessModes": ["ReadWriteOnce"],
+                "size": "20Gi", "defaultStorageClass": True}], name
+            assert env["TMPDIR"] == "/scratch"
+        else:
+            assert "genericEphemeralVolume" not in config and "TMPDIR" not in env, name
+
+
+def test_scratch_size_storage_class_and_empty_dir(tmp_path):
+    _, platform = compile_with(tmp_path, "--scratch-size", "100Gi", "--scratch-storage-class", "fast-ssd")
+    (volume,) = executor_config(platform, "evaluate-model")["genericEphemeralVolume"]
+    assert (volume["size"], volume["storageClassName"], volume.get("defaultStorageClass", False)) == (
+        "100Gi", "fast-ssd", False)
+    _, platform = compile_with(tmp_path, "--scratch-volume", "empty-dir", "--scratch-size", "8Gi")
+    config = executor_config(platform, "evaluate-model")
+    assert "genericEphemeralVolume" not in config
+    assert config["emptyDirMounts"] == [{"volumeName": "campseg-scratch", "mountPath": "/scratch", "sizeLimit": "8Gi"}]
+
+
+def test_no_scratch_volume_when_its_size_is_empty(tmp_path):
+    spec, platform = compile_with(tmp_path, "--scratch-size", "")
+    for name in SCRATCH_STEPS:
+        config = executor_config(platform, name)
+        assert "genericEphemeralVolume" not in config and "emptyDirMounts" not in config
+        assert "TMPDIR" not in env_of(spec, name)
