@@ -52,3 +52,12 @@ class TrackingError(PipelineInputError):
 
     The message names the tracking URI (without password), run or model and the cause.
     """
+
+
+class TransientError(CampsegError, RuntimeError):
+    """A failure that may pass by itself (an unreachable or overloaded server, a dropped connection,
+    a 5xx answer, throttling): worth retrying, unlike every other error here."""
+
+
+class TrackingUnavailable(TrackingError, TransientError):
+    """The MLflow server did not answer, or answered 5xx: perhaps restarting or overloaded."""

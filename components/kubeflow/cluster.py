@@ -15,6 +15,7 @@ from kfp import dsl, kubernetes
 
 from components.contracts.errors import ParameterError
 from components.kubeflow.components import make_components
+from components.kubeflow.retries import BACKOFF_ENV, RETRIES_ENV
 
 #: The oldest KFP backend the compiled pipeline runs on: its driver and Argo compiler parse each
 #: step's Kubernetes config with the kfp-kubernetes protos of the same release and reject (2.15)
@@ -33,8 +34,6 @@ MLFLOW_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 #: Where the scratch volume is mounted; ``TMPDIR`` points there, so downloads and staged run folders land on it.
 SCRATCH_MOUNT = "/scratch"
 SCRATCH_VOLUME = "campseg-scratch"
-#: Environment of the in-process retries of transient failures (:mod:`components.kubeflow.retries`).
-RETRIES_ENV, BACKOFF_ENV = "CAMPSEG_TRANSIENT_RETRIES", "CAMPSEG_RETRY_BACKOFF_SECONDS"
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
 
 

@@ -5,8 +5,12 @@ of a run folder (``docs/artifacts.md``): the statistics artifact holds ``stats.j
 manifest, the training artifact ``checkpoints/`` and the history, and so on. A step assembles a
 scratch run folder from its input artifacts, runs the stage, and copies what the stage wrote into
 its output artifact. Data reaches a step from ``dataset_uri`` itself (a local folder, or an S3
-prefix downloaded in parallel into the pod's scratch space), checked against the fingerprint the
-first step took, so a step never reads other data than the run was keyed on.
+prefix downloaded in parallel into the pod's scratch space, ``TMPDIR``), checked against the
+fingerprint the first step took, so a step never reads other data than the run was keyed on. A
+step downloads only the splits it reads (:data:`SPLITS_READ`, from the split manifest in the
+statistics artifact): export, evaluation and registration fetch the test split alone. The steps
+that talk to storage or MLflow retry transient failures and nothing else
+(:func:`components.kubeflow.retries.retry_transient`).
 """
 
 from __future__ import annotations
@@ -19,16 +23,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from components.contracts.errors import DatasetError
+from components.contracts.errors import DatasetError, ParameterError
 from components.contracts.ownership import open_output
 from components.contracts.run_layout import ARTIFACT_FILES, RunLayout, read_json
+from components.kubeflow.retries import retry_transient
+
+#: The splits of the manifest each stage reads from the dataset; ``None``: every file (the
+#: statistics stage validates and splits them all).
+SPLITS_READ: dict[str, tuple[str, ...] | None] = {
+    "stats": None, "train": ("train", "val"), "export": ("test",), "evaluate": ("test",), "register": ("test",),
+}
 
 
 def scratch_dir() -> Path:
-    """A scratch folder for a step (on a cluster, the pod's ephemeral storage)."""
-    return Path(tempfile.mkdtemp(prefix="campseg-"))
+    """A scratch folder for a step: under ``TMPDIR`` (on a cluster the scratch volume), which must be writable.
+
+    Raises:
+        ParameterError: ``TMPDIR`` names a folder this user cannot write (Python would silently
+            fall back to the container's ``/tmp``, which the volume was meant to spare).
+    """
+    tmpdir = os.environ.get("TMPDIR")
+    if tmpdir and not (os.path.isdir(tmpdir) and os.access(tmpdir, os.W_OK | os.X_OK)):
+        raise ParameterError(
+            f"TMPDIR={tmpdir}: not a folder this step (uid {os.getuid()}) can write. On a cluster this is the "
+            "scratch volume: its storage class gave it a root-owned root folder (KFP cannot set fsGroup); "
+            "compile with --scratch-volume empty-dir, another --scratch-storage-class, or --scratch-size ''")
+    return Path(tempfile.mkdtemp(prefix="campseg-", dir=tmpdir or None))
 
 
+def split_files(layout: RunLayout, splits: Sequence[str] | None) -> list[str] | None:
+    """Paths relative to the dataset root of the chips and masks of ``splits`` in the run's manifest;
+    ``None`` (every file) when ``splits`` is ``None`` or selects no pair."""
+    from components.data.manifest import read_manifest
+
+    if splits is None:
+        return None
+    pairs = [p for p in read_manifest(layout, Path("")) if p.split in splits]
+    return sorted({f for p in pairs for f in (p.chip, p.mask)}) or None
+
+
+@retry_transient
 def dataset_fingerprint(dataset_uri: str) -> str:
     """Content fingerprint of the dataset (for S3 from the listing alone, nothing downloaded)."""
     from components.storage import fingerprint, is_s3_uri
@@ -38,11 +72,13 @@ def dataset_fingerprint(dataset_uri: str) -> str:
     return fingerprint(dataset_uri)
 
 
-def materialize_dataset(dataset_uri: str, expected_fingerprint: str | None, cache_dir: Path) -> Path:
-    """A local folder with the dataset; fails if its content is not what the run was keyed on."""
+def materialize_dataset(dataset_uri: str, expected_fingerprint: str | None, cache_dir: Path,
+                        only: Sequence[str] | None = None) -> Path:
+    """A local folder with the dataset (from S3 only the files ``only`` names, relative to the
+    prefix; all when ``None``); fails if its content is not what the run was keyed on."""
     from components.storage import fingerprint, is_s3_uri, materialize
 
-    local = materialize(dataset_uri, cache_dir) if is_s3_uri(dataset_uri) else Path(dataset_uri)
+    local = materialize(dataset_uri, cache_dir, only=only) if is_s3_uri(dataset_uri) else Path(dataset_uri)
     if expected_fingerprint:
         found = fingerprint(dataset_uri if is_s3_uri(dataset_uri) else local)
         if found != expected_fingerprint:
@@ -87,11 +123,12 @@ def collect(layout: RunLayout, kind: str, artifact_dir: str | os.PathLike) -> No
 
 
 @contextmanager
-def staged_run(dataset_uri: str | None = None, fingerprint: str | None = None,
+def staged_run(dataset_uri: str | None = None, fingerprint: str | None = None, splits: Sequence[str] | None = None,
                **artifacts: str | os.PathLike | None) -> Iterator[tuple[RunLayout, Path | None]]:
     """A scratch run folder assembled from input artifacts, and the dataset when a step reads it.
 
-    The dataset must still have ``fingerprint`` (default: the one in ``stats.json``).
+    The dataset must still have ``fingerprint`` (default: the one in ``stats.json``). With
+    ``splits``, an S3 dataset is downloaded only as far as the manifest's pairs of those splits go.
     """
     work = scratch_dir()
     try:
@@ -99,18 +136,19 @@ def staged_run(dataset_uri: str | None = None, fingerprint: str | None = None,
         data = None
         if dataset_uri is not None:
             expected = fingerprint or read_json(layout.stats).get("fingerprint")
-            data = materialize_dataset(dataset_uri, expected, work / "data")
+            data = materialize_dataset(dataset_uri, expected, work / "data", split_files(layout, splits))
         yield layout, data
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@retry_transient
 def run_stats(dataset_uri: str, fingerprint: str, statistics_dir: str, params: Mapping[str, Any]) -> dict:
     """Statistics stage into the ``statistics`` artifact."""
     from components.data.splits import SplitRatios
     from components.stages.stats import compute_statistics
 
-    with staged_run(dataset_uri, fingerprint) as (layout, data):
+    with staged_run(dataset_uri, fingerprint, SPLITS_READ["stats"]) as (layout, data):
         stats = compute_statistics(
             data, layout.root, params.get("image_size") or None, int(params["network_depth"]),
             SplitRatios(params["train_ratio"], params["val_ratio"], params["test_ratio"]),
@@ -120,6 +158,7 @@ def run_stats(dataset_uri: str, fingerprint: str, statistics_dir: str, params: M
         return stats
 
 
+@retry_transient
 def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: Mapping[str, Any],
               listeners: Sequence[Any] = ()) -> dict:
     """Training stage from the ``statistics`` artifact into the ``training`` artifact; ``listeners``
@@ -127,27 +166,31 @@ def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: 
     from components.contracts.config import TrainConfig
     from components.stages.train import train
 
-    with staged_run(dataset_uri, statistics=statistics_dir) as (layout, data):
+    with staged_run(dataset_uri, splits=SPLITS_READ["train"], statistics=statistics_dir) as (layout, data):
         result = train(layout.root, TrainConfig.from_dict(config), data, listeners=listeners, progress_bar=True)
         collect(layout, "training", training_dir)
         return result
 
 
+@retry_transient
 def run_export(dataset_uri: str, statistics_dir: str, training_dir: str, models_dir: str) -> dict:
     """Export stage into the ``models`` artifact (parity on real chips of the test split)."""
     from components.stages.export import export_models
 
-    with staged_run(dataset_uri, statistics=statistics_dir, training=training_dir) as (layout, data):
+    with staged_run(dataset_uri, splits=SPLITS_READ["export"], statistics=statistics_dir,
+                    training=training_dir) as (layout, data):
         report = export_models(layout.root, data)
         collect(layout, "models", models_dir)
         return report
 
 
+@retry_transient
 def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str) -> dict:
     """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact."""
     from components.stages.evaluate import evaluate_run
 
-    with staged_run(dataset_uri, statistics=statistics_dir, models=models_dir) as (layout, data):
+    with staged_run(dataset_uri, splits=SPLITS_READ["evaluate"], statistics=statistics_dir,
+                    models=models_dir) as (layout, data):
         metrics = evaluate_run(layout.root, data)
         collect(layout, "evaluation", evaluation_dir)
         return metrics
@@ -241,6 +284,7 @@ def tracking_uri() -> str:
     return uri
 
 
+@retry_transient
 def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_name: str, kfp_run_id: str,
                    promotion_metric: str = "iou", promotion_margin: float = 0.0) -> str:
     """Fail fast on bad promotion settings, unreachable storage or MLflow, then open the pipeline's MLflow run.
@@ -289,6 +333,7 @@ def tracking_listeners(mlflow_run_id: str, config: Mapping[str, Any] | None = No
 
 
 
+@retry_transient
 def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_run_id: str, model_name: str,
                          metric: str, margin: float, publish_uri: str) -> dict:
     """Log everything into the run, register a version, publish it, and decide on promotion.
@@ -310,7 +355,7 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
     )
 
     uri = tracking_uri()
-    with staged_run(dataset_uri, **artifacts) as (layout, data):
+    with staged_run(dataset_uri, splits=SPLITS_READ["register"], **artifacts) as (layout, data):
         stats = read_json(layout.stats)
         log_dataset(uri, mlflow_run_id, stats, stats.get("fingerprint"))
         log_history(uri, mlflow_run_id, read_json(layout.history))

@@ -14,7 +14,7 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from components.contracts.errors import StorageError
 from components.storage.client import endpoint_name, resolve_client
@@ -65,8 +65,9 @@ def download_prefix(
     client: Any | None = None,
     prune: bool = False,
     attempts: int = 3,
+    only: Collection[str] | None = None,
 ) -> Path:
-    """Download every object under ``uri`` into ``dest_dir``, keeping relative keys as paths.
+    """Download every object under ``uri`` (or the ``only`` ones) into ``dest_dir``, keeping relative keys as paths.
 
     Parallel (``workers`` threads sharing one client); each file is written to a temporary name,
     verified against the listing's size and ETag, then renamed into place, so a file under its
@@ -82,6 +83,8 @@ def download_prefix(
             mirrors the prefix).
         attempts: tries per file on transient failures or failed verification, on top of
             botocore's per-request retries.
+        only: keys relative to the prefix (``chips/a.tif``) to download; ``None`` for all. Each
+            must be in the listing.
 
     Returns:
         ``dest_dir`` as a Path.
@@ -99,6 +102,13 @@ def download_prefix(
     if not objects:
         raise StorageError(f"no objects under {uri} (endpoint {endpoint_name(client)})")
     targets = [(o, dest / relative_key(o.key, prefix, uri)) for o in objects]
+    if only is not None:
+        wanted = {Path(k).as_posix() for k in only}
+        targets = [(o, p) for o, p in targets if p.relative_to(dest).as_posix() in wanted]
+        missing = wanted - {p.relative_to(dest).as_posix() for _, p in targets}
+        if missing:
+            raise StorageError(f"{uri}: {len(missing)} file(s) to download are not there, e.g. "
+                               f"{sorted(missing)[0]!r} (endpoint {endpoint_name(client)})")
     dest.mkdir(parents=True, exist_ok=True)
 
     def one(item: tuple[ObjectInfo, Path]) -> bool:
@@ -127,12 +137,14 @@ def materialize(
     *,
     client: Any | None = None,
     workers: int = 8,
+    only: Collection[str] | None = None,
 ) -> Path:
     """A local folder holding the data ``uri`` names.
 
     A local path is returned as is (it must exist). An ``s3://bucket/prefix`` is mirrored into
     ``cache_dir/bucket/prefix`` (verified, reusing files already there, removing files that left
-    the prefix) and that folder is returned.
+    the prefix, or are not among ``only``: keys relative to the prefix, ``None`` for all) and that
+    folder is returned.
     """
     if not is_s3_uri(uri):
         path = Path(uri)
@@ -143,7 +155,7 @@ def materialize(
     dest = Path(cache_dir) / bucket
     if key.strip("/"):
         dest = dest / key.strip("/")
-    return download_prefix(str(uri), dest, workers=workers, client=client, prune=True)
+    return download_prefix(str(uri), dest, workers=workers, client=client, prune=True, only=only)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from components.contracts.errors import TrackingError
+from components.contracts.errors import TrackingError, TrackingUnavailable
 
 #: Seconds the health check waits for the server.
 CHECK_TIMEOUT_S = 5.0
@@ -179,12 +179,14 @@ def _check_http(tracking_uri: str, timeout: float) -> None:
             raise TrackingError(f"MLflow tracking server {shown} refused the credentials: GET /health "
                                 f"answered {e.code} {e.reason}; check the user and password in the URI "
                                 f"or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD") from None
-        raise TrackingError(f"MLflow tracking server {shown} is unhealthy: GET /health answered "
-                            f"{e.code} {e.reason}; is MLFLOW_TRACKING_URI right?") from None
+        error = TrackingUnavailable if e.code >= 500 else TrackingError
+        raise error(f"MLflow tracking server {shown} is unhealthy: GET /health answered "
+                    f"{e.code} {e.reason}; is MLFLOW_TRACKING_URI right?") from None
     except (urllib.error.URLError, OSError, socket.timeout, ValueError) as e:
         cause = redact_text(str(getattr(e, "reason", e)), tracking_uri)
-        raise TrackingError(f"MLflow tracking server {shown} is unreachable ({cause}); is the "
-                            f"server running and MLFLOW_TRACKING_URI right?") from None
+        error = TrackingError if isinstance(e, ValueError) else TrackingUnavailable  # a malformed URL stays
+        raise error(f"MLflow tracking server {shown} is unreachable ({cause}); is the "
+                    f"server running and MLFLOW_TRACKING_URI right?") from None
 
 
 def check_tracking_server(tracking_uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
