@@ -32,8 +32,8 @@ SKIPPED_STEPS = ("dataset-statistics", "train-model", "export-model", "evaluate-
 @pytest.fixture
 def nightly(s3_server, mlflow_server, tmp_path, monkeypatch):
     """A dataset of 24 chips in a bucket, 8 more chips to add later, and the run's environment."""
-    full = generate_sample_dataset(tmp_path / "full", n_chips=32, size=64, seed=11)  # chip i depends on (seed, i)
-    first = generate_sample_dataset(tmp_path / "first", n_chips=24, size=64, seed=11)
+    full = generate_sample_dataset(tmp_path / "data-32", n_chips=32, size=64, seed=11)  # chip i depends on (seed, i)
+    first = generate_sample_dataset(tmp_path / "data-24", n_chips=24, size=64, seed=11)
     bucket = s3_server.create_bucket("campseg-" + secrets.token_hex(5))
     storage.upload_dir(first, f"s3://{bucket}/data/", client=s3_server.client())
     for key, value in s3_server.env().items():
@@ -55,7 +55,7 @@ def test_unchanged_data_skips_training_and_grown_data_trains_and_competes(nightl
     name, arguments = nightly["name"], nightly["arguments"]
 
     def run(tag: str) -> dict:
-        return run_local(arguments, tmp_path / tag, pipeline.build_pipeline(LOCAL_SETTINGS))
+        return run_local(arguments, tmp_path / "runs" / tag, pipeline.build_pipeline(LOCAL_SETTINGS))
 
     def versions() -> set[str]:
         return {v.version for v in client.search_model_versions(f"name='{name}'")}
