@@ -86,8 +86,9 @@ def test_submit_uploads_the_compiled_pipeline_then_new_versions_and_starts_runs(
     assert first.returncode == 0, first.stderr
     routes = [(r.method, r.path) for r in kfp_server.requests]
     assert routes == [
-        ("GET", f"{API}/healthz"),
-        ("GET", f"{API}/pipelines"),                  # get_pipeline_id: not there yet
+        ("GET", f"{API}/healthz"),                    # check_access: are the credentials accepted?
+        ("GET", f"{API}/healthz"),                    # kfp.Client() itself
+        ("GET", f"{API}/pipelines"),                  # find_pipeline: not there yet
         ("POST", f"{API}/pipelines/upload"),          # so the first submission creates the pipeline
         ("POST", f"{API}/pipelines/upload_version"),  # and uploads this submission's version
         ("GET", f"{API}/experiments"),
