@@ -35,6 +35,7 @@ STEPS = {
     #                           image  pool   GPU    cache  retry  scratch  resources: CPU request, limit; memory request, limit
     "start-tracking":      Step("cpu", "any", False, False, True,  False,   Resources("250m", "1", "512Mi", "1Gi")),
     "dataset-fingerprint": Step("cpu", "any", False, False, True,  False,   Resources("250m", "1", "256Mi", "1Gi")),
+    "decide-training":     Step("cpu", "any", False, False, True,  False,   Resources("250m", "1", "512Mi", "1Gi")),
     "dataset-statistics":  Step("cpu", "any", False, True,  True,  True,    Resources("1", "2", "2Gi", "4Gi")),
     "train-model":         Step("gpu", "gpu", True,  True,  True,  True,    Resources("4", "8", "16Gi", "32Gi")),
     "export-model":        Step("cpu", "any", False, True,  True,  True,    Resources("2", "4", "4Gi", "8Gi")),
@@ -78,6 +79,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         tracking_experiment: str = "camp-segmentation",
         tracking_promotion_metric: str = "iou",
         tracking_promotion_margin: float = 0.0,
+        force_retrain: bool = False,
     ):
         """Train, export, evaluate and package a camp-segmentation U-Net.
 
@@ -107,6 +109,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             tracking_experiment: MLflow experiment of the pipeline's run (the server is MLFLOW_TRACKING_URI).
             tracking_promotion_metric: Test metric that decides whether the new version becomes the registry's champion.
             tracking_promotion_margin: How much the new version must beat the champion by, on the same test split, to take the alias.
+            force_retrain: Train even when the dataset and the training parameters are those of the registry's champion (a scheduled run otherwise records "no new data" and skips training and registration).
         """
         closing = step("end-tracking", kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         with dsl.ExitHandler(closing, name="close-mlflow-run-on-exit"):
@@ -115,30 +118,45 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, promotion_metric=tracking_promotion_metric,
                             promotion_margin=tracking_promotion_margin)
             fingerprint = step("dataset-fingerprint", dataset_uri=dataset_uri).after(tracking)
-            statistics = step(
-                "dataset-statistics", dataset_uri=dataset_uri, fingerprint=fingerprint.output,
-                image_size=dataset_image_size, architecture=train_architecture, depth=train_depth,
-                train_ratio=split_train_ratio, val_ratio=split_val_ratio, test_ratio=split_test_ratio,
-                seed=split_seed, threshold=model_threshold,
-            ).outputs["statistics"]
-            training = step(
-                "train-model", dataset_uri=dataset_uri, statistics=statistics, architecture=train_architecture,
-                base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
-                learning_rate=train_learning_rate, weight_decay=train_weight_decay, lr_schedule=train_lr_schedule,
-                augment=train_augment, epochs=train_epochs, batch_size=train_batch_size, patience=train_patience,
-                seed=split_seed, precision=train_precision, mlflow_run_id=tracking.output,
-            ).outputs["training"]
-            models = step("export-model", dataset_uri=dataset_uri, statistics=statistics,
-                          training=training).outputs["models"]
-            evaluation = step("evaluate-model", dataset_uri=dataset_uri, statistics=statistics,
-                              models=models).outputs["evaluation"]
-            dlpk = step("package-dlpk", statistics=statistics, models=models, model_name=model_name).outputs["dlpk"]
-            stac = step("generate-stac-item", statistics=statistics, training=training, models=models,
-                        evaluation=evaluation, dlpk=dlpk, model_name=model_name).outputs["stac"]
-            step("register-model", dataset_uri=dataset_uri, statistics=statistics, training=training,
-                 models=models, evaluation=evaluation, dlpk=dlpk, stac=stac, mlflow_run_id=tracking.output,
-                 model_name=model_name, promotion_metric=tracking_promotion_metric,
-                 promotion_margin=tracking_promotion_margin, publish_uri=model_publish_uri)
+            decision = step(
+                "decide-training", fingerprint=fingerprint.output, model_name=model_name,
+                mlflow_run_id=tracking.output, force_retrain=force_retrain, dataset_image_size=dataset_image_size,
+                split_train_ratio=split_train_ratio, split_val_ratio=split_val_ratio,
+                split_test_ratio=split_test_ratio, split_seed=split_seed, train_architecture=train_architecture,
+                train_base_channels=train_base_channels, train_depth=train_depth, train_loss=train_loss,
+                train_optimizer=train_optimizer, train_learning_rate=train_learning_rate,
+                train_weight_decay=train_weight_decay, train_lr_schedule=train_lr_schedule,
+                train_augment=train_augment, train_epochs=train_epochs, train_batch_size=train_batch_size,
+                train_patience=train_patience, train_precision=train_precision, model_threshold=model_threshold,
+            )
+            # Unchanged data and parameters (and no force_retrain): the run ends here, "no new data".
+            with dsl.If(decision.outputs["Output"] == "train", name="train-and-register"):
+                statistics = step(
+                    "dataset-statistics", dataset_uri=dataset_uri, fingerprint=fingerprint.output,
+                    image_size=dataset_image_size, architecture=train_architecture, depth=train_depth,
+                    train_ratio=split_train_ratio, val_ratio=split_val_ratio, test_ratio=split_test_ratio,
+                    seed=split_seed, threshold=model_threshold,
+                ).outputs["statistics"]
+                training = step(
+                    "train-model", dataset_uri=dataset_uri, statistics=statistics, architecture=train_architecture,
+                    base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
+                    learning_rate=train_learning_rate, weight_decay=train_weight_decay,
+                    lr_schedule=train_lr_schedule, augment=train_augment, epochs=train_epochs,
+                    batch_size=train_batch_size, patience=train_patience, seed=split_seed, precision=train_precision,
+                    mlflow_run_id=tracking.output,
+                ).outputs["training"]
+                models = step("export-model", dataset_uri=dataset_uri, statistics=statistics,
+                              training=training).outputs["models"]
+                evaluation = step("evaluate-model", dataset_uri=dataset_uri, statistics=statistics,
+                                  models=models).outputs["evaluation"]
+                dlpk = step("package-dlpk", statistics=statistics, models=models,
+                            model_name=model_name).outputs["dlpk"]
+                stac = step("generate-stac-item", statistics=statistics, training=training, models=models,
+                            evaluation=evaluation, dlpk=dlpk, model_name=model_name).outputs["stac"]
+                step("register-model", dataset_uri=dataset_uri, statistics=statistics, training=training,
+                     models=models, evaluation=evaluation, dlpk=dlpk, stac=stac, mlflow_run_id=tracking.output,
+                     model_name=model_name, promotion_metric=tracking_promotion_metric,
+                     promotion_margin=tracking_promotion_margin, publish_uri=model_publish_uri)
     return camp_segmentation_training
 
 

@@ -2,13 +2,18 @@
 
     python pipeline.py --compile --image REF --gpu-image REF [--output pipeline.yaml] [cluster flags]
     python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
-    python pipeline.py --submit --host URL (--image REF --gpu-image REF | --package pipeline.yaml) [--schedule CRON] [parameters]
+    python pipeline.py --submit --host URL [--namespace NS] (--image REF --gpu-image REF | --package pipeline.yaml) [--schedule CRON] [parameters]
     python pipeline.py --build-images --registry REGISTRY [--tag TAG] [--push] [cluster flags]
 
 ``--compile`` and ``--submit`` without ``--image`` and ``--gpu-image`` use the references that
 ``--build-images`` recorded in ``build/images.json`` (``--images-file``), and refuse when there are
 none: no image is guessed. ``--accelerator-count 0`` compiles for a CPU-only cluster (no
 ``--gpu-image`` needed).
+
+``--submit`` authenticates by kfp.Client's routes: ``$CAMPSEG_KFP_TOKEN`` (or ``--existing-token``),
+``$CAMPSEG_KFP_COOKIES`` (or ``--cookies``), ``$KF_PIPELINES_SA_TOKEN_PATH`` and the other
+``KF_PIPELINES_*`` variables kfp reads itself (``components/kubeflow/submission.py``).
+``--schedule`` replaces the experiment's recurring run of the same name (``--run-name``).
 
 ``pipeline.py`` holds the pipeline and hands its factory to :func:`main`.
 """
@@ -26,7 +31,15 @@ from components.contracts.errors import ParameterError, PipelineInputError
 from components.kubeflow.cluster import ClusterSettings, Resources, Step
 from components.kubeflow.images import IMAGES_FILE, build_images, record_images, recorded_images
 from components.kubeflow.local_runner import LOCAL_DEFAULTS, LOCAL_SETTINGS, LocalRunFailed, print_summary, run_local
-from components.kubeflow.submission import check_cron, compile_package, kfp_client, submit
+from components.kubeflow.submission import (
+    COOKIES_ENV,
+    TOKEN_ENV,
+    check_cron,
+    compile_package,
+    kfp_auth,
+    kfp_client,
+    submit,
+)
 
 #: ``build_pipeline(settings)``: the pipeline function, its steps configured for ``settings``.
 PipelineFactory = Callable[[ClusterSettings], Any]
@@ -154,11 +167,25 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"), help="YAML path of --compile")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/local"), help="run folder of --run-local")
     parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
+    parser.add_argument("--namespace", default=None,
+                        help="Kubeflow profile namespace of --submit (multi-user Kubeflow): the experiment, the "
+                             "pipeline and the runs live there (default: single-user KFP, or kfp's context)")
+    parser.add_argument("--existing-token", default=None, metavar="TOKEN",
+                        help=f"bearer token for the KFP API; prefer ${TOKEN_ENV} (a flag's value is visible to "
+                             "other users of the machine and lands in shell history)")
+    parser.add_argument("--cookies", default=None, metavar="NAME=VALUE",
+                        help=f"session cookie for the KFP API (e.g. oauth2_proxy_kubeflow=...); prefer ${COOKIES_ENV}")
     parser.add_argument("--experiment", default="camp-segmentation", help="KFP experiment of --submit")
     parser.add_argument("--version-name", default=None, help="pipeline version name (default: a timestamp)")
     parser.add_argument("--service-account", default=None,
                         help="Kubernetes service account of the run's pods (e.g. campseg-pipeline-runner from manifests/)")
-    parser.add_argument("--schedule", default=None, help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *'")
+    parser.add_argument("--schedule", default=None,
+                        help="with --submit: a recurring run on KFP's 6-field cron, e.g. '0 0 3 * * *' (in the "
+                             "time zone of KFP's scheduler, UTC by default); it replaces the experiment's "
+                             "recurring runs of the same --run-name")
+    parser.add_argument("--run-name", default=None,
+                        help="name of the run (default: PIPELINE-VERSION) or of the recurring run (default: the "
+                             "pipeline's name)")
     parser.add_argument("--package", type=Path, default=None,
                         help="with --submit: upload this compiled pipeline YAML unchanged instead of compiling "
                              "(the cluster flags are then the ones it was compiled with)")
@@ -253,15 +280,18 @@ def submit_command(args: argparse.Namespace, build_pipeline: PipelineFactory, st
         check_cron(args.schedule)
     if args.package is not None and not args.package.is_file():
         raise PipelineInputError(f"--package {args.package}: no such file (compile it with --compile)")
+    auth = kfp_auth(args.existing_token, args.cookies)
     settings = None if args.package is not None else cluster_settings(args, steps)
     version = args.version_name or time.strftime("v%Y%m%d-%H%M%S")
+    print(f"KFP credentials: {auth.describe()}" + (f"; namespace {args.namespace}" if args.namespace else ""))
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package or compile_package(build_pipeline(settings), Path(tmp) / "pipeline.yaml")
-        result = submit(kfp_client(args.host), package, pipeline_name, arguments, args.experiment, version,
-                        args.schedule, service_account=args.service_account)
-    kind = "recurring run" if args.schedule else "run"
-    ident = getattr(result, "recurring_run_id", None) or getattr(result, "run_id", None)
-    print(f"Created {kind} {ident} of {pipeline_name} version {version}.")
+        result = submit(kfp_client(args.host, auth), package, pipeline_name, arguments, args.experiment, version,
+                        args.schedule, job_name=args.run_name, service_account=args.service_account,
+                        namespace=args.namespace)
+    print(f"Created {result.kind} {result.id} ({result.name}) of {pipeline_name} version {version}.")
+    if result.replaced:
+        print(f"Replaced (disabled, then deleted) the recurring run(s) called {result.name}: {', '.join(result.replaced)}.")
 
 
 def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Mapping[str, Step]) -> int:
@@ -283,6 +313,12 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
     try:
         if args.package is not None and not args.submit:
             raise ParameterError("--package goes with --submit (it uploads an already compiled pipeline)")
+        submit_only = [flag for flag, value in (("--schedule", args.schedule), ("--namespace", args.namespace),
+                                                ("--existing-token", args.existing_token),
+                                                ("--cookies", args.cookies), ("--run-name", args.run_name))
+                       if value is not None]
+        if submit_only and not args.submit:
+            raise ParameterError(f"{submit_only[0]} goes with --submit (a setting of the KFP submission)")
         if args.package is not None and (args.image or args.gpu_image):
             raise ParameterError("--package uploads the YAML as compiled, with its images: drop "
                                  "--image/--gpu-image, or drop --package to compile with them")

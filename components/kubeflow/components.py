@@ -39,6 +39,51 @@ def dataset_fingerprint(dataset_uri: str) -> str:
     return fingerprint(dataset_uri)
 
 
+def decide_training(
+    fingerprint: str,
+    model_name: str,
+    mlflow_run_id: str,
+    force_retrain: bool,
+    dataset_image_size: int,
+    split_train_ratio: float,
+    split_val_ratio: float,
+    split_test_ratio: float,
+    split_seed: int,
+    train_architecture: str,
+    train_base_channels: int,
+    train_depth: int,
+    train_loss: str,
+    train_optimizer: str,
+    train_learning_rate: float,
+    train_weight_decay: float,
+    train_lr_schedule: str,
+    train_augment: bool,
+    train_epochs: int,
+    train_batch_size: int,
+    train_patience: int,
+    train_precision: str,
+    model_threshold: float,
+    retraining: Output[Markdown],
+) -> str:
+    """``train``, or ``skip`` ("no new data") when the dataset and the training parameters are the champion's."""
+    from components.kubeflow.steps import decide_training as decide
+
+    parameters = dict(
+        dataset_image_size=dataset_image_size, split_train_ratio=split_train_ratio, split_val_ratio=split_val_ratio,
+        split_test_ratio=split_test_ratio, split_seed=split_seed, train_architecture=train_architecture,
+        train_base_channels=train_base_channels, train_depth=train_depth, train_loss=train_loss,
+        train_optimizer=train_optimizer, train_learning_rate=train_learning_rate,
+        train_weight_decay=train_weight_decay, train_lr_schedule=train_lr_schedule, train_augment=train_augment,
+        train_epochs=train_epochs, train_batch_size=train_batch_size, train_patience=train_patience,
+        train_precision=train_precision, model_threshold=model_threshold,
+    )
+    outcome, reason = decide(fingerprint, parameters, model_name, mlflow_run_id, force_retrain)
+    with open(retraining.path, "w") as f:
+        f.write(f"# {model_name}: {'train' if outcome == 'train' else 'no new data'}\n\n{reason}\n\n"
+                f"- dataset: `{fingerprint}`\n- MLflow run: `{mlflow_run_id}`\n")
+    return outcome
+
+
 def dataset_statistics(
     dataset_uri: str,
     fingerprint: str,
@@ -215,7 +260,7 @@ def end_tracking(kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
     end(kfp_run_id, status.state, status.error_message or "")
 
 
-STAGES = (start_tracking, end_tracking, register_model, dataset_fingerprint, dataset_statistics, train_model, export_model, evaluate_model, package_dlpk, generate_stac_item)
+STAGES = (start_tracking, end_tracking, register_model, dataset_fingerprint, decide_training, dataset_statistics, train_model, export_model, evaluate_model, package_dlpk, generate_stac_item)
 
 
 def make_components(image: str) -> SimpleNamespace:

@@ -91,14 +91,21 @@ def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Call
                              f"{sorted(p.name for p in new_runs)}: another process wrote there during this run")
     (run_root,) = new_runs
     outputs = local_task_outputs(run_root)
-    summary = gather_run(run_artifacts(outputs), output_dir)
+    retraining = {"decision": outputs["decide-training"]["parameters"]["Output"],
+                  "reason": Path(outputs["decide-training"]["artifacts"]["retraining"]).read_text()}
+    mlflow = {"tracking_uri": redact(tracking_uri), "run_id": outputs["start-tracking"]["parameters"]["Output"]}
+    if retraining["decision"] == "train":
+        summary = gather_run(run_artifacts(outputs), output_dir)
+        mlflow |= {"model_version": outputs["register-model"]["parameters"]["Output"],
+                   "registration": Path(outputs["register-model"]["artifacts"]["decision"]).read_text()}
+    else:  # "no new data": nothing trained, the run folder's artifacts (if any) are an earlier run's
+        summary = {"outcome": "no new data"}
+        mlflow["registration"] = retraining["reason"]
+    summary["retraining"] = retraining
     summary["dataset_uri"] = arguments["dataset_uri"]
     summary["parameters"] = arguments
     summary["kfp_local_run"] = str(run_root)
-    summary["mlflow"] = {"tracking_uri": redact(tracking_uri),
-                         "run_id": outputs["start-tracking"]["parameters"]["Output"],
-                         "model_version": outputs["register-model"]["parameters"]["Output"],
-                         "registration": Path(outputs["register-model"]["artifacts"]["decision"]).read_text()}
+    summary["mlflow"] = mlflow
     write_json(output_dir / "summary.json", summary)
     return summary
 
@@ -168,7 +175,8 @@ def print_summary(summary: dict, output_dir: Path) -> None:
         if key in summary:
             print(f"  {key:<12} {Path(output_dir) / summary[key]}")
     metrics = summary.get("test_metrics", {})
-    print("Test metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    if metrics:
+        print("Test metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     if "mlflow" in summary:
         print(summary["mlflow"]["registration"].strip())
         print(f"MLflow: {summary['mlflow']['tracking_uri']} (mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']})")

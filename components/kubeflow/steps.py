@@ -320,6 +320,19 @@ def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_na
                               existing_run_id=run_id_from_env())
 
 
+def decide_training(fingerprint: str, parameters: Mapping[str, Any], model_name: str, mlflow_run_id: str,
+                    force: bool = False) -> tuple[str, str]:
+    """``(train or skip, why)``: ``skip`` when the dataset and the training parameters are the
+    champion's (:func:`~components.tracking.retraining.decide_retraining`); recorded on the MLflow
+    run, and said in one log line."""
+    from components.tracking import canonical_parameters, retraining_decision
+
+    decision = retraining_decision(tracking_uri(), mlflow_run_id, model_name, fingerprint,
+                                   canonical_parameters(parameters), force)
+    print(f"decide-training: {decision.outcome} ({decision.rule}): {decision.reason}", flush=True)
+    return decision.outcome, decision.reason
+
+
 def tracking_listeners(mlflow_run_id: str, config: Mapping[str, Any] | None = None) -> list:
     """Log the hyperparameters into the pipeline's run; a listener that logs each epoch there."""
     if not mlflow_run_id:

@@ -10,11 +10,13 @@ explicitly. Modules, one job each (docs/tracking.md says which step calls what):
 - :mod:`~components.tracking.artifacts`: the run folder's artifacts and test metrics;
 - :mod:`~components.tracking.registry`: register the ONNX model as a version, the test split id;
 - :mod:`~components.tracking.promotion`: the champion rule as a pure function;
-- :mod:`~components.tracking.champion`: the ``champion`` alias in MLflow (read, re-score, promote).
+- :mod:`~components.tracking.retraining`: whether a run trains at all, as a pure function;
+- :mod:`~components.tracking.champion`: the ``champion`` alias in MLflow (read, re-score, promote,
+  compare a run's data and training parameters with the champion's).
 """
 
 from components.tracking.artifacts import ARTIFACTS_LOGGED_TAG, log_run_artifacts, run_artifacts
-from components.tracking.champion import champion_score_on, promote_if_better, read_champion
+from components.tracking.champion import champion_score_on, promote_if_better, read_champion, retraining_decision
 from components.tracking.dataset import log_dataset
 from components.tracking.history import MlflowEpochLogger, log_history
 from components.tracking.promotion import (
@@ -31,6 +33,12 @@ from components.tracking.registry import (
     delete_version,
     model_signature,
     register_model,
+)
+from components.tracking.retraining import (
+    TRAINING_PARAMETERS,
+    RetrainDecision,
+    canonical_parameters,
+    decide_retraining,
 )
 from components.tracking.runs import (
     KFP_RUN_ID_TAG,
@@ -51,10 +59,10 @@ from components.tracking.server import (
 
 __all__ = [
     "ARTIFACTS_LOGGED_TAG", "CHAMPION_ALIAS", "KFP_RUN_ID_TAG", "TEST_SPLIT_TAG",
-    "ChampionUnreadable", "Decision", "MlflowEpochLogger", "Score",
-    "champion_score_on", "check_promotion_settings", "check_tracking_server", "compute_test_split_id",
-    "decide", "delete_version", "end_run", "global_uri", "log_dataset", "log_history", "log_params",
+    "TRAINING_PARAMETERS", "ChampionUnreadable", "Decision", "MlflowEpochLogger", "RetrainDecision", "Score",
+    "canonical_parameters", "champion_score_on", "check_promotion_settings", "check_tracking_server", "compute_test_split_id",
+    "decide", "decide_retraining", "delete_version", "end_run", "global_uri", "log_dataset", "log_history", "log_params",
     "log_run_artifacts", "log_system_info", "model_signature", "promote_if_better", "read_champion",
-    "redact", "register_model", "run_artifacts", "run_id_from_env", "running_runs_of",
+    "redact", "register_model", "retraining_decision", "run_artifacts", "run_id_from_env", "running_runs_of",
     "start_pipeline_run", "system_info", "tracking_uri_from_env",
 ]

@@ -1,5 +1,6 @@
 """The ``champion`` alias in the MLflow registry: read it, re-score the champion on a run's test
-split, and apply :func:`~components.tracking.promotion.decide` to a new version.
+split, apply :func:`~components.tracking.promotion.decide` to a new version, and apply
+:func:`~components.tracking.retraining.decide_retraining` before a run trains.
 
 Only "the model has no such alias / no versions yet" means *no champion*; any other error while
 reading the alias, or while re-scoring the champion, makes the champion *unreadable*, and an
@@ -20,6 +21,20 @@ from components.contracts.run_layout import RunLayout, read_json
 from components.tracking import promotion
 from components.tracking.promotion import CHAMPION_ALIAS, ChampionUnreadable, Decision, Score, decide
 from components.tracking.registry import TEST_SPLIT_TAG, compute_test_split_id
+from components.tracking.retraining import (
+    DECISION_TAG,
+    NO_NEW_DATA,
+    OUTCOME_TAG,
+    PARAMS_DIGEST_TAG,
+    PARAMS_TAG,
+    REASON_TAG,
+    RULE_TAG,
+    ChampionRecord,
+    ChampionUnknown,
+    RetrainDecision,
+    decide_retraining,
+    parameters_digest,
+)
 from components.tracking.runs import write_tags
 from components.tracking.server import client as make_client
 from components.tracking.server import first_line
@@ -224,3 +239,35 @@ def promote_if_better(
         "decision": decision.outcome, "promoted": decision.promote, "rule": decision.rule,
         "reason": decision.reason, "champion_version": decision.champion_version,
     }
+
+
+def retraining_decision(tracking_uri: str, run_id: str, model_name: str, fingerprint: str, parameters: str,
+                        force: bool = False) -> RetrainDecision:
+    """Whether the pipeline run ``run_id`` trains: its data and training parameters against the champion's.
+
+    The run gets the tags ``training.params`` and ``training.params_digest`` (registration copies
+    them to its version), ``retraining.decision`` (``train``/``skip``), ``retraining.rule`` and
+    ``retraining.reason``; a run that skips also gets ``campseg.outcome`` = ``no new data``.
+
+    Args:
+        fingerprint: the dataset's content fingerprint.
+        parameters: the run's training parameters, :func:`~components.tracking.retraining.canonical_parameters`.
+        force: train whatever the champion records (the pipeline parameter ``force_retrain``).
+    """
+    client = make_client(tracking_uri)
+    current = read_champion(client, model_name)
+    if isinstance(current, ChampionUnreadable):
+        champion: ChampionRecord | ChampionUnknown | None = ChampionUnknown(current.error)
+    elif current is None:
+        champion = None
+    else:
+        champion = ChampionRecord.from_tags(str(current.version), current.tags)
+    decision = decide_retraining(fingerprint, parameters, champion, force)
+    tags = {PARAMS_TAG: parameters, PARAMS_DIGEST_TAG: parameters_digest(parameters),
+            DECISION_TAG: decision.outcome, RULE_TAG: decision.rule, REASON_TAG: decision.reason}
+    if not decision.train:
+        tags[OUTCOME_TAG] = NO_NEW_DATA
+    if run_id:
+        write_tags(client, run_id, tags)
+    log.info("%s: %s", model_name, decision.reason)
+    return decision

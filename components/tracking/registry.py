@@ -17,6 +17,7 @@ from components.contracts.errors import TrackingError
 from components.contracts.run_layout import RunLayout, read_json
 from components.ml.metrics import METRIC_NAMES
 from components.tracking.artifacts import ARTIFACTS_LOGGED_TAG
+from components.tracking.retraining import PARAMS_DIGEST_TAG, PARAMS_TAG
 from components.tracking.runs import KFP_RUN_ID_TAG, is_number, write_tags
 from components.tracking.server import client as make_client
 from components.tracking.server import first_line, global_uri, redact
@@ -72,14 +73,16 @@ def _check_run_ready(run, run_id: str) -> None:
 
 def _version_tags(metrics: Mapping[str, Any], stats: Mapping[str, Any], split_id: str,
                   run_tags: Mapping[str, str]) -> dict[str, str]:
-    """Tags of a new version: its test metrics, test split, dataset and KFP run."""
+    """Tags of a new version: its test metrics, test split, dataset, KFP run and training parameters
+    (:mod:`~components.tracking.retraining` compares the champion's with the next run's)."""
     tags = {f"metric.{k}": repr(float(metrics[k])) for k in METRIC_NAMES if is_number(metrics.get(k))}
     tags |= {TEST_SPLIT_TAG: split_id,
              "test_split": str(metrics.get("split", "test")),
              "dataset.fingerprint": str(stats.get("fingerprint") or "unknown"),
              "dataset.uri": str(stats.get("dataset_uri") or "unknown")}
-    if run_tags.get(KFP_RUN_ID_TAG):
-        tags[KFP_RUN_ID_TAG] = run_tags[KFP_RUN_ID_TAG]
+    for key in (KFP_RUN_ID_TAG, PARAMS_TAG, PARAMS_DIGEST_TAG):  # the run's KFP run and training parameters
+        if run_tags.get(key):
+            tags[key] = run_tags[key]
     return tags
 
 
@@ -177,8 +180,9 @@ def register_model(tracking_uri: str, run_id: str, model_name: str,
     The logged model (ONNX flavour, what users run with onnxruntime) has the signature of
     :func:`model_signature`, an input example (one chip of the training mean colour, i.e. zeros
     after normalisation) and ``stac_item.json`` as an extra file. The version is tagged with
-    the test metrics (``metric.<name>``), ``test_split_id``, ``dataset.fingerprint`` and
-    ``kfp.run_id``; the run gets ``registered_model.name``/``version`` tags.
+    the test metrics (``metric.<name>``), ``test_split_id``, ``dataset.fingerprint``,
+    ``kfp.run_id`` and the run's ``training.params``/``training.params_digest``; the run gets
+    ``registered_model.name``/``version`` tags.
 
     Idempotent per pipeline run: when this MLflow run (or the KFP run of its ``kfp.run_id`` tag)
     already registered a version of ``model_name`` (a retried step), that version is returned

@@ -51,11 +51,31 @@ def dag_tasks(spec: dict) -> dict:
     return found
 
 
-def test_six_stage_tasks_plus_fingerprint_and_tracking(compiled):
+#: The DAG's groups: the exit handler and the condition around training (not steps).
+GROUPS = {"exit-handler-1", "condition-2"}
+
+
+def test_six_stage_tasks_plus_fingerprint_decision_and_tracking(compiled):
     _, docs = compiled
-    assert set(dag_tasks(docs["spec"])) - {"exit-handler-1", "close-mlflow-run-on-exit"} == STAGE_TASKS | {
-        "dataset-fingerprint", "start-tracking", "register-model", "end-tracking"}
+    assert set(dag_tasks(docs["spec"])) - GROUPS == STAGE_TASKS | {
+        "dataset-fingerprint", "decide-training", "start-tracking", "register-model", "end-tracking"}
     assert tasks(docs["spec"])["end-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_training_and_registration_run_only_when_the_decision_says_train(compiled):
+    """Statistics to registration sit in one dsl.If on the uncached decision step's output."""
+    _, docs = compiled
+    spec = docs["spec"]
+    condition = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["condition-2"]
+    assert condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--decide-training-Output'] == 'train'")
+    assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == STAGE_TASKS | {"register-model"}
+    decision = dag_tasks(spec)["decide-training"]
+    assert decision["cachingOptions"].get("enableCache", False) is False
+    assert decision["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"]["producerTask"] == (
+        "dataset-fingerprint")
+    assert decision["inputs"]["parameters"]["force_retrain"]["componentInputParameter"] == "pipelinechannel--force_retrain"
+    assert spec["root"]["inputDefinitions"]["parameters"]["force_retrain"]["defaultValue"] is False
 
 
 def test_gpu_task_has_accelerator_node_selector_and_toleration(compiled):
@@ -162,11 +182,16 @@ def test_parameter_defaults_are_the_library_defaults(compiled):
 def test_caching_never_serves_stale_data(compiled):
     _, docs = compiled
     dag = dag_tasks(docs["spec"])
-    for name in ("dataset-fingerprint", "start-tracking", "register-model", "end-tracking"):
+    for name in ("dataset-fingerprint", "decide-training", "start-tracking", "register-model", "end-tracking"):
         assert dag[name]["cachingOptions"].get("enableCache", False) is False, name
     # the statistics step is keyed on the content fingerprint computed at run time
+    # (inside the training condition, through the group's input of the fingerprint step's output)
     fingerprint_input = dag["dataset-statistics"]["inputs"]["parameters"]["fingerprint"]
-    assert fingerprint_input["taskOutputParameter"]["producerTask"] == "dataset-fingerprint"
+    assert fingerprint_input["componentInputParameter"] == "pipelinechannel--dataset-fingerprint-Output"
+    # training takes the run's MLflow run id (new every run), so it and everything after it never
+    # hit the cache: only the statistics do (README "Caching")
+    run_id_input = dag["train-model"]["inputs"]["parameters"]["mlflow_run_id"]
+    assert run_id_input["componentInputParameter"] == "pipelinechannel--start-tracking-Output"
     for name in STAGE_TASKS:
         assert dag[name]["cachingOptions"]["enableCache"] is True
 
@@ -177,8 +202,8 @@ def test_no_kfp_retries_by_default_transient_retries_in_process(compiled):
     _, docs = compiled
     dag = dag_tasks(docs["spec"])
     retrying = {name for name, step in pipeline.STEPS.items() if step.retry}
-    assert retrying == {"start-tracking", "dataset-fingerprint", "dataset-statistics", "train-model", "export-model",
-                        "evaluate-model", "register-model"}
+    assert retrying == {"start-tracking", "dataset-fingerprint", "decide-training", "dataset-statistics",
+                        "train-model", "export-model", "evaluate-model", "register-model"}
     assert not [name for name, task in dag.items() if "retryPolicy" in task]
     for name in pipeline.STEPS:
         assert env_of(docs["spec"], name)[RETRIES_ENV] == ("3" if name in retrying else "0"), name

@@ -3,9 +3,10 @@
 No KFP backend can run here; :mod:`tests.kfp_api_server` answers the routes ``kfp.Client`` (kfp 2.17)
 calls and records every request, so these tests assert what the client sent: the uploaded YAML is
 the compiled pipeline, the pipeline is created once and then gets new versions, the run's and the
-recurring run's bodies (parameters, cron, mode, max concurrency, catch-up, version reference), the
-credentials header, and that the server's errors and an unreachable host reach the user as one
-clear line (no traceback).
+recurring run's bodies (parameters, cron, mode, max concurrency, catch-up, version reference), that
+a new schedule replaces the one of the same name, the profile namespace of multi-user Kubeflow, the
+credentials headers of every route (token, cookie, token file) kept out of the output, and that the
+server's errors and an unreachable host reach the user as one clear line (no traceback).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def clean_env(tmp_path, monkeypatch) -> dict[str, str]:
     return env
 
 
-def submit_cli(server_url: str, *args: str, env: dict[str, str], timeout: int = 60) -> subprocess.CompletedProcess:
+def submit_cli(server_url: str, *args: str, env: dict[str, str], timeout: int = 180) -> subprocess.CompletedProcess:
     """``python pipeline.py --submit --host URL ARGS`` in a fresh process, as a user runs it (with
     ``--images-file`` under the test's HOME, so a ``build/images.json`` of the checkout never counts)."""
     images_file = str(Path(env["HOME"]) / "no-images.json")
@@ -85,8 +86,9 @@ def test_submit_uploads_the_compiled_pipeline_then_new_versions_and_starts_runs(
     assert first.returncode == 0, first.stderr
     routes = [(r.method, r.path) for r in kfp_server.requests]
     assert routes == [
-        ("GET", f"{API}/healthz"),
-        ("GET", f"{API}/pipelines"),                  # get_pipeline_id: not there yet
+        ("GET", f"{API}/healthz"),                    # check_access: are the credentials accepted?
+        ("GET", f"{API}/healthz"),                    # kfp.Client() itself
+        ("GET", f"{API}/pipelines"),                  # find_pipeline: not there yet
         ("POST", f"{API}/pipelines/upload"),          # so the first submission creates the pipeline
         ("POST", f"{API}/pipelines/upload_version"),  # and uploads this submission's version
         ("GET", f"{API}/experiments"),
@@ -153,7 +155,7 @@ def test_schedule_creates_an_enabled_recurring_run_without_catchup(kfp_server, c
                                                   "pipeline_version_id": version["pipeline_version_id"]}
     assert body["runtime_config"]["parameters"] == {"dataset_uri": DATASET, "train_epochs": 7}
     assert body["experiment_id"] == next(iter(kfp_server.experiments))
-    assert body["display_name"] == f"{pipeline.PIPELINE_NAME}-v3"
+    assert body["display_name"] == pipeline.PIPELINE_NAME  # a stable name: the next --schedule replaces it
     (recurring_id,) = kfp_server.recurring_runs
     assert kfp_server.recurring_runs[recurring_id]["status"] == "ENABLED"
     assert f"Created recurring run {recurring_id}" in out
@@ -270,3 +272,158 @@ def test_submit_uses_the_images_build_images_recorded(kfp_server, clean_env, tmp
                           "--images-file", str(recorded)]) == 0, capsys.readouterr().err
     upload = kfp_server.call("POST", f"{API}/pipelines/upload_version")
     assert uploaded_docs(upload) == compiled_docs(tmp_path, IMAGE_SETTINGS)
+
+
+# ------------------------------------------------------------------ issue 14: schedules replace, namespaces, credentials
+def schedule(server: KfpApiServer, version: str, *extra: str) -> int:
+    return pipeline.main(["--submit", "--host", server.url, "--dataset-uri", DATASET, "--experiment", "nightly",
+                          "--version-name", version, "--schedule", "0 0 3 * * *", *IMAGES, *extra])
+
+
+def test_schedule_again_replaces_the_recurring_run_of_the_same_name(kfp_server, clean_env, capsys):
+    assert schedule(kfp_server, "v1") == 0, capsys.readouterr().err
+    (first,) = kfp_server.recurring_runs
+    assert schedule(kfp_server, "v2", "--run-name", "other-schedule") == 0  # another name: left alone
+    other = next(r for r in kfp_server.recurring_runs.values() if r["display_name"] == "other-schedule")
+    capsys.readouterr()
+    kfp_server.reset()
+
+    assert schedule(kfp_server, "v3") == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    routes = [(r.method, r.path) for r in kfp_server.requests if "recurringruns" in r.path]
+    assert routes == [
+        ("GET", f"{API}/recurringruns"),                  # the experiment's recurring runs of that name
+        ("POST", f"{API}/recurringruns/{first}:disable"),  # off before the new one exists: never two at once
+        ("POST", f"{API}/recurringruns"),
+        ("DELETE", f"{API}/recurringruns/{first}"),
+    ], kfp_server.summary()
+    listing = kfp_server.call("GET", f"{API}/recurringruns")
+    assert listing.q("experiment_id") == next(iter(kfp_server.experiments))
+    assert json.loads(listing.q("filter"))["predicates"] == [
+        {"operation": 1, "key": "display_name", "stringValue": pipeline.PIPELINE_NAME}]
+    (enabled,) = kfp_server.enabled_recurring_runs(pipeline.PIPELINE_NAME)
+    assert first not in kfp_server.recurring_runs
+    v3 = next(v for v in kfp_server.versions.values() if v["display_name"] == "v3")
+    assert enabled["pipeline_version_reference"]["pipeline_version_id"] == v3["pipeline_version_id"]
+    assert kfp_server.recurring_runs[other["recurring_run_id"]]["status"] == "ENABLED"
+    assert f"Replaced (disabled, then deleted) the recurring run(s) called {pipeline.PIPELINE_NAME}: {first}" in out
+
+
+def test_a_failed_new_schedule_keeps_the_old_one_enabled(kfp_server, clean_env, capsys):
+    assert schedule(kfp_server, "v1") == 0, capsys.readouterr().err
+    (first,) = kfp_server.recurring_runs
+    kfp_server.fail("POST", f"{API}/recurringruns", 400, {"error": "bad", "code": 3, "message": "invalid trigger"})
+    assert schedule(kfp_server, "v2") == 1
+    assert "invalid trigger" in capsys.readouterr().err
+    assert [r["recurring_run_id"] for r in kfp_server.enabled_recurring_runs()] == [first]
+    assert kfp_server.calls("POST", f"{API}/recurringruns/{first}:enable")  # disabled, then enabled again
+
+
+def test_namespace_reaches_the_experiment_the_pipeline_and_the_runs(clean_env, capsys):
+    with KfpApiServer(multi_user=True) as server:
+        assert pipeline.main(["--submit", "--host", server.url, "--dataset-uri", DATASET, "--namespace", "team-a",
+                              "--version-name", "n1", *IMAGES]) == 0, capsys.readouterr().err
+        assert schedule(server, "n2", "--namespace", "team-a") == 0, capsys.readouterr().err
+        assert not server.unknown, server.summary()
+        assert {r.q("namespace") for r in server.calls("GET", f"{API}/pipelines")} == {"team-a"}
+        assert server.call("POST", f"{API}/pipelines/upload").q("namespace") == "team-a"
+        assert {r.q("namespace") for r in server.calls("GET", f"{API}/experiments")} == {"team-a"}
+        assert [r.json["namespace"] for r in server.calls("POST", f"{API}/experiments")] == ["team-a", "team-a"]
+        assert {p["namespace"] for p in server.pipelines.values()} == {"team-a"}
+        (run,) = server.runs.values()
+        (recurring,) = server.recurring_runs.values()
+        assert run["namespace"] == recurring["namespace"] == "team-a"  # through their experiment
+
+        # without a namespace, multi-user KFP refuses the experiment: the user reads why
+        server.reset()
+        capsys.readouterr()
+        assert pipeline.main(["--submit", "--host", server.url, "--dataset-uri", DATASET, "--experiment", "x",
+                              *IMAGES]) == 1
+        err = capsys.readouterr().err
+        assert "empty namespace in multi-user mode" in err and "Traceback" not in err
+
+
+def test_namespace_stays_out_of_kfps_context_file(kfp_server, clean_env, capsys, monkeypatch):
+    """kfp.Client(namespace=...) would be the KFP install's namespace; the profile's goes to each call only."""
+    assert pipeline.main(["--submit", "--host", kfp_server.url, "--dataset-uri", DATASET, "--namespace", "kubeflow",
+                          "--version-name", "k1", *IMAGES]) == 0, capsys.readouterr().err
+    assert kfp_server.call("POST", f"{API}/experiments").json["namespace"] == "kubeflow"
+    assert not (Path(clean_env["HOME"]) / ".config" / "kfp" / "context.json").exists()
+
+
+@pytest.mark.parametrize("route", ["env", "flag"])
+def test_bearer_token_from_env_or_flag_reaches_every_request(clean_env, route):
+    token = "kfp-test-" + secrets.token_urlsafe(24)
+    with KfpApiServer(accept=[("Authorization", f"Bearer {token}")]) as server:
+        env, flags = dict(clean_env), []
+        if route == "env":
+            env["CAMPSEG_KFP_TOKEN"] = token
+        else:
+            env["CAMPSEG_KFP_TOKEN"] = "a-stale-token-the-flag-overrides"
+            flags = ["--existing-token", token]
+        proc = submit_cli(server.url, "--dataset-uri", DATASET, "--version-name", "t1", *IMAGES, *flags, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert server.requests and all(r.status == 200 for r in server.requests), server.summary()
+        assert all(r.header("Authorization") == f"Bearer {token}" for r in server.requests)
+        assert all(r.header("Cookie") is None for r in server.requests)
+    assert token not in proc.stdout + proc.stderr
+    source = "$CAMPSEG_KFP_TOKEN" if route == "env" else "--existing-token"
+    assert f"KFP credentials: bearer token from {source}" in proc.stdout
+
+
+def test_session_cookie_reaches_every_request_and_stays_secret(clean_env):
+    cookie = "oauth2_proxy_kubeflow=" + secrets.token_urlsafe(32)
+    with KfpApiServer(accept=[("Cookie", cookie)]) as server:
+        proc = submit_cli(server.url, "--dataset-uri", DATASET, "--version-name", "c1", "--schedule", "0 0 3 * * *",
+                          *IMAGES, env={**clean_env, "CAMPSEG_KFP_COOKIES": cookie})
+        assert proc.returncode == 0, proc.stderr
+        assert server.requests and all(r.status == 200 for r in server.requests), server.summary()
+        assert all(r.header("Authorization") is None for r in server.requests)
+        assert len(server.enabled_recurring_runs()) == 1
+    assert cookie.split("=", 1)[1] not in proc.stdout + proc.stderr
+    assert "session cookie from $CAMPSEG_KFP_COOKIES" in proc.stdout
+
+
+def test_endpoint_from_kfps_own_variable(clean_env, capsys):
+    with KfpApiServer() as server:
+        env = {**clean_env, "KF_PIPELINES_ENDPOINT": server.url}
+        proc = subprocess.run([sys.executable, "pipeline.py", "--submit", "--dataset-uri", DATASET, "--version-name",
+                               "e1", *IMAGES, "--images-file", str(Path(env["HOME"]) / "none.json")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert server.calls("POST", f"{API}/runs")
+
+
+@pytest.mark.parametrize("credentials", ["token", "none"])
+def test_rejected_credentials_are_one_error_line_without_the_secret(clean_env, credentials):
+    wrong = "kfp-wrong-" + secrets.token_urlsafe(24)
+    env = {**clean_env, "CAMPSEG_KFP_TOKEN": wrong} if credentials == "token" else clean_env
+    with KfpApiServer(accept=[("Authorization", "Bearer the-right-one")]) as server:
+        proc = submit_cli(server.url, "--dataset-uri", DATASET, *IMAGES, env=env)
+        assert proc.returncode == 2
+        error_line(proc, f"the KFP server at {server.url} refused the credentials (401", "$CAMPSEG_KFP_TOKEN")
+        assert [(r.method, r.path) for r in server.requests] == [("GET", f"{API}/healthz")]  # once, no retries
+    assert wrong not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("env, flags, needle", [
+    ({"CAMPSEG_KFP_COOKIES": "just-a-value-no-name"}, [], "$CAMPSEG_KFP_COOKIES: expected NAME=VALUE"),
+    ({}, ["--cookies", "=nameless"], "--cookies: expected NAME=VALUE"),
+    ({"CAMPSEG_KFP_TOKEN": "   "}, [], "$CAMPSEG_KFP_TOKEN: empty"),
+    ({"KF_PIPELINES_SA_TOKEN_PATH": "/nonexistent/token"}, [], "KF_PIPELINES_SA_TOKEN_PATH=/nonexistent/token: no such file"),
+])
+def test_malformed_credentials_are_refused_before_contacting_the_server(kfp_server, clean_env, env, flags, needle):
+    proc = submit_cli(kfp_server.url, "--dataset-uri", DATASET, *IMAGES, *flags, env={**clean_env, **env})
+    assert proc.returncode == 2
+    error_line(proc, needle)
+    assert kfp_server.requests == []
+    assert "just-a-value-no-name" not in proc.stderr and "nameless" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag", [["--namespace", "team-a"], ["--schedule", "0 0 3 * * *"], ["--run-name", "x"],
+                                  ["--cookies", "a=b"]])
+def test_submission_flags_without_submit_are_refused(flag, tmp_path, capsys):
+    code = pipeline.main(["--compile", "--output", str(tmp_path / "p.yaml"), *IMAGES, *flag])
+    assert code == 2
+    assert f"{flag[0]} goes with --submit" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()

@@ -13,8 +13,21 @@ GET      /apis/v2beta1/experiments?filter=...        ``get_experiment(experiment
 POST     /apis/v2beta1/experiments                   ``create_experiment``
 POST     /apis/v2beta1/runs                          ``run_pipeline``
 POST     /apis/v2beta1/recurringruns                 ``create_recurring_run``
+GET      /apis/v2beta1/recurringruns?filter=...      ``list_recurring_runs`` (``experiment_id``, ``namespace``)
+POST     /apis/v2beta1/recurringruns/{id}:disable    ``disable_recurring_run`` (``:enable`` likewise)
+DELETE   /apis/v2beta1/recurringruns/{id}            ``delete_recurring_run``
 GET      /apis/v2beta1/{pipelines,experiments,runs,recurringruns}/{id}   get by id
 =======  ==========================================  ======================================
+
+Namespaces as the KFP API server (2.15) treats them: pipelines are listed and uploaded with the
+``namespace`` query parameter (none: the shared ones); an experiment has the ``namespace`` of its
+body, and runs and recurring runs take their experiment's. With ``multi_user=True`` the healthz
+says so and an experiment without a namespace is refused, as the server refuses it.
+
+Authentication as the gateway in front of a Kubeflow API enforces it: with ``accept`` (pairs of a
+header name and its value, e.g. ``("Authorization", "Bearer T")`` or ``("Cookie", "name=value")``)
+a request that carries none of them is answered 401 and recorded; every request's headers are
+recorded anyway, so a test can assert what the client sent.
 
 Every request is recorded (:class:`Request`: method, path, query, headers, JSON body or multipart
 parts). Anything else answers 404 with a grpc-gateway style JSON error and is recorded in
@@ -41,7 +54,7 @@ from urllib.parse import parse_qs, urlsplit
 
 API = "/apis/v2beta1"
 #: grpc codes used in the JSON errors of the KFP API server (grpc-gateway).
-GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_UNIMPLEMENTED = 3, 5, 12
+GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_UNIMPLEMENTED, GRPC_UNAUTHENTICATED = 3, 5, 12, 16
 
 
 @dataclass
@@ -135,10 +148,12 @@ def _filter_display_name(filter_text: Optional[str]) -> Optional[str]:
 class KfpApiServer:
     """A threaded KFP v2beta1 API stand-in on 127.0.0.1 and a free port; use as a context manager."""
 
-    def __init__(self, fail_on: Iterable[tuple] = (), multi_user: bool = False) -> None:
+    def __init__(self, fail_on: Iterable[tuple] = (), multi_user: bool = False,
+                 accept: Iterable[tuple[str, str]] = ()) -> None:
         self.requests: list[Request] = []
         self.failures: list[Failure] = [Failure(*f) for f in fail_on]
         self.multi_user = multi_user
+        self.accept = list(accept)
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, dict] = {}
         self.experiments: dict[str, dict] = {}
@@ -216,7 +231,18 @@ class KfpApiServer:
             self.requests.clear()
 
     # -- the API ---------------------------------------------------------------------------
+    def enabled_recurring_runs(self, name: Optional[str] = None) -> list[dict]:
+        """The enabled recurring runs (called ``name``)."""
+        with self._lock:
+            return [r for r in self.recurring_runs.values()
+                    if r["status"] == "ENABLED" and (name is None or r["display_name"] == name)]
+
+    def _authenticated(self, req: Request) -> bool:
+        return not self.accept or any(req.header(name) == value for name, value in self.accept)
+
     def handle(self, req: Request) -> tuple[int, Any]:
+        if not self._authenticated(req):
+            return 401, _error("Unauthenticated: no valid credentials in the request", GRPC_UNAUTHENTICATED)
         with self._lock:
             for failure in self.failures:
                 if failure.matches(req.method, req.path):
@@ -235,19 +261,41 @@ class KfpApiServer:
         if method == "GET" and parts == ["healthz"]:
             return 200, {"multi_user": self.multi_user}
         if method == "GET" and parts == ["pipelines"]:
-            return 200, self._list(self.pipelines, "pipelines", req)
+            namespace = req.q("namespace") or ""
+            return 200, self._list({k: p for k, p in self.pipelines.items() if p["namespace"] == namespace},
+                                   "pipelines", req)
         if method == "POST" and parts == ["pipelines", "upload"]:
             return self._upload_pipeline(req)
         if method == "POST" and parts == ["pipelines", "upload_version"]:
             return self._upload_version(req)
         if method == "GET" and parts == ["experiments"]:
-            return 200, self._list(self.experiments, "experiments", req)
+            namespace = req.q("namespace")
+            return 200, self._list({k: e for k, e in self.experiments.items()
+                                    if namespace is None or e["namespace"] == namespace}, "experiments", req)
         if method == "POST" and parts == ["experiments"]:
             return self._create_experiment(req)
         if method == "POST" and parts == ["runs"]:
             return self._create_run(req)
         if method == "POST" and parts == ["recurringruns"]:
             return self._create_recurring_run(req)
+        if method == "GET" and parts == ["recurringruns"]:
+            experiment, namespace = req.q("experiment_id"), req.q("namespace")
+            chosen = {k: r for k, r in self.recurring_runs.items()
+                      if (experiment is None or r["experiment_id"] == experiment)
+                      and (namespace is None or r["namespace"] == namespace)}
+            return 200, self._list(chosen, "recurringRuns", req)  # the API's JSON name of the list
+        if len(parts) == 2 and parts[0] == "recurringruns" and (
+                (method == "POST" and parts[1].endswith((":disable", ":enable"))) or method == "DELETE"):
+            run_id, _, action = parts[1].partition(":")
+            if run_id not in self.recurring_runs:
+                return 404, _error(f"recurring run {run_id} not found", GRPC_NOT_FOUND)
+            if method == "DELETE":
+                del self.recurring_runs[run_id]
+            else:
+                self.recurring_runs[run_id].update(status="ENABLED" if action == "enable" else "DISABLED",
+                                                   mode="ENABLE" if action == "enable" else "DISABLE",
+                                                   updated_at=_now())
+            return 200, {}
         stores = {"pipelines": self.pipelines, "experiments": self.experiments, "runs": self.runs,
                   "recurringruns": self.recurring_runs}
         if method == "GET" and len(parts) == 2 and parts[0] in stores:
@@ -289,13 +337,13 @@ class KfpApiServer:
         _, spec = self._upload_file(req)
         info = spec.get("pipeline_spec", spec).get("pipelineInfo", {})
         name = req.q("display_name") or req.q("name") or info.get("name")
-        if any(p["display_name"] == name for p in self.pipelines.values()):
+        pipeline_namespace = req.q("namespace") or ""
+        if any(p["display_name"] == name and p["namespace"] == pipeline_namespace for p in self.pipelines.values()):
             return 409, _error(f"Failed to upload pipeline: pipeline {name!r} already exists", 6)
         pipeline_id = str(uuid.uuid4())
         pipeline = {"pipeline_id": pipeline_id, "display_name": name, "name": req.q("name") or name,
-                    "description": req.q("description") or "", "created_at": _now()}
-        if req.q("namespace"):
-            pipeline["namespace"] = req.q("namespace")
+                    "description": req.q("description") or "", "created_at": _now(),
+                    "namespace": req.q("namespace") or ""}
         self.pipelines[pipeline_id] = pipeline
         # The server creates the first version from the same file, named like the pipeline.
         self._add_version(pipeline_id, name, spec, req.q("description") or "")
@@ -324,14 +372,23 @@ class KfpApiServer:
         name = body.get("display_name")
         if not name:
             return 400, _error("Failed to create an experiment: display_name is empty", GRPC_INVALID_ARGUMENT)
-        if any(e["display_name"] == name for e in self.experiments.values()):
+        namespace = body.get("namespace") or ""
+        if self.multi_user and not namespace:
+            return 400, _error("Invalid input error: An experiment cannot have an empty namespace in multi-user mode",
+                               GRPC_INVALID_ARGUMENT)
+        if any(e["display_name"] == name and e["namespace"] == namespace for e in self.experiments.values()):
             return 409, _error(f"Failed to create an experiment: {name!r} already exists", 6)
         experiment = {"experiment_id": str(uuid.uuid4()), "display_name": name,
                       "description": body.get("description") or "", "created_at": _now(),
-                      "namespace": body.get("namespace") or "", "storage_state": "AVAILABLE",
+                      "namespace": namespace, "storage_state": "AVAILABLE",
                       "last_run_created_at": _now()}
         self.experiments[experiment["experiment_id"]] = experiment
         return 200, experiment
+
+    def _namespace_of(self, body: dict) -> str:
+        """A run's namespace: its experiment's (the server resolves it so)."""
+        experiment = self.experiments.get(body.get("experiment_id") or "")
+        return experiment["namespace"] if experiment else (body.get("namespace") or "")
 
     def _check_run_body(self, body: dict) -> Optional[tuple[int, Any]]:
         if body.get("experiment_id") and body["experiment_id"] not in self.experiments:
@@ -350,7 +407,8 @@ class KfpApiServer:
         problem = self._check_run_body(body)
         if problem:
             return problem
-        run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING", "storage_state": "AVAILABLE",
+        run = {**body, "run_id": str(uuid.uuid4()), "namespace": self._namespace_of(body),
+               "state": "PENDING", "storage_state": "AVAILABLE",
                "created_at": _now(), "scheduled_at": _now(),
                "state_history": [{"update_time": _now(), "state": "PENDING"}]}
         self.runs[run["run_id"]] = run
@@ -368,7 +426,8 @@ class KfpApiServer:
         if cron is not None and len(cron.split()) != 6:  # robfig/cron with seconds, as the KFP backend parses it
             return 400, _error(f"invalid cron schedule {cron!r}: expected exactly 6 fields", GRPC_INVALID_ARGUMENT)
         mode = body.get("mode", "MODE_UNSPECIFIED")
-        recurring = {**body, "recurring_run_id": str(uuid.uuid4()), "created_at": _now(), "updated_at": _now(),
+        recurring = {**body, "recurring_run_id": str(uuid.uuid4()), "namespace": self._namespace_of(body),
+                     "created_at": _now(), "updated_at": _now(),
                      "status": "ENABLED" if mode == "ENABLE" else "DISABLED",
                      "max_concurrency": str(body.get("max_concurrency", 10))}  # int64: a string in proto JSON
         self.recurring_runs[recurring["recurring_run_id"]] = recurring
