@@ -15,6 +15,6 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def image(docker_client) -> str:
+def cpu_image(docker_client) -> str:
     """The CPU image (``CAMPSEG_TEST_IMAGE``, or built from docker/Dockerfile offline)."""
     return build_test_image(docker_client)

@@ -1,6 +1,6 @@
 """The CPU image, built with a real Docker engine, and pipeline components run in it.
 
-The image comes from the session fixture ``image`` (tests/integration/conftest.py,
+The image comes from the session fixture ``cpu_image`` (tests/integration/conftest.py,
 tests/support/docker_image.py): built once, offline where needed, for these tests and the whole
 pipeline's DockerRunner run (test_docker_pipeline.py). ``.ci/run`` starts ``dockerd``.
 """
@@ -14,9 +14,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_image_has_the_project_and_runs_as_non_root(docker_client, image):
+def test_image_has_the_project_and_runs_as_non_root(docker_client, cpu_image):
     out = docker_client.containers.run(
-        image,
+        cpu_image,
         ["python", "-c", "import os, components, torch, kfp, mlflow, rasterio, onnxruntime; "
                          "print(os.getuid(), components.__version__, torch.__version__, kfp.__version__)"],
         remove=True, network_disabled=True,
@@ -32,11 +32,11 @@ def test_image_has_the_project_and_runs_as_non_root(docker_client, image):
     # kfp.local's DockerRunner and the cluster run the image's kfp: keep it the host's version.
     assert kfp_version == kfp.__version__
     # The default command is the project's command line.
-    usage = docker_client.containers.run(image, remove=True, network_disabled=True)
+    usage = docker_client.containers.run(cpu_image, remove=True, network_disabled=True)
     assert b"python -m components" in usage and b"train" in usage
 
 
-def test_pipeline_components_run_in_the_image_with_docker_runner(image, tmp_path, monkeypatch):
+def test_pipeline_components_run_in_the_image_with_docker_runner(cpu_image, tmp_path, monkeypatch):
     """The pipeline's own fingerprint and statistics components, in the image, via DockerRunner."""
     import json
 
@@ -55,7 +55,7 @@ def test_pipeline_components_run_in_the_image_with_docker_runner(image, tmp_path
         path.chmod(0o777 if path.is_dir() else 0o644)
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.DockerRunner(), pipeline_root=str(pipeline_root), raise_on_error=True)
-    c = make_components(image)
+    c = make_components(cpu_image)
     start = time.monotonic()
     fingerprint = c.dataset_fingerprint(dataset_uri=str(data)).output
     stats_task = c.dataset_statistics(

@@ -2,7 +2,7 @@
 
 ``pipeline.py --compile`` writes the YAML a cluster gets (CPU-only: ``--accelerator-count 0``);
 kfp.local's DockerRunner runs every step of it in the image built by the session fixture
-``image``, with nothing from this machine but what a cluster step gets: the image, the S3 and
+``cpu_image``, with nothing from this machine but what a cluster step gets: the image, the S3 and
 MLflow variables of its Secrets and ConfigMap (passed by name at run time), and the pipeline
 root kfp.local mounts. The servers are the real ones the tests start (SeaweedFS S3, MLflow on
 PostgreSQL with its artifacts in S3), reached over the host network. The same YAML then runs
@@ -47,16 +47,16 @@ def mlflow_client(mlflow_server):
 
 
 def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
-        image, docker_client, s3_server, mlflow_server, tmp_path):
+        cpu_image, docker_client, s3_server, mlflow_server, tmp_path):
     bucket = s3_server.create_bucket("campseg-docker-" + secrets.token_hex(4))
     data = generate_sample_dataset(tmp_path / "data", n_chips=24, size=64, seed=7)
     storage.upload_dir(data, f"s3://{bucket}/data/", client=s3_server.client())
     package = tmp_path / "pipeline.yaml"
-    assert pipeline.main(["--compile", "--output", str(package), "--image", image, "--accelerator-count", "0"]) == 0
+    assert pipeline.main(["--compile", "--output", str(package), "--image", cpu_image, "--accelerator-count", "0"]) == 0
     from kfp.components import load_component_from_file
 
     compiled = load_component_from_file(str(package))
-    assert image in package.read_text()
+    assert cpu_image in package.read_text()
 
     def arguments(name: str) -> dict:
         return dict(SMALL_RUN, dataset_uri=f"s3://{bucket}/data/", model_publish_uri=f"s3://{bucket}/published/",
@@ -64,7 +64,7 @@ def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
 
     in_image_name, on_host_name = (f"campseg-{kind}-{secrets.token_hex(3)}x" for kind in ("docker", "host"))
     with server_env(s3_server, mlflow_server.tracking_uri):
-        in_image = run_local(arguments(in_image_name), tmp_path / "docker", compiled, docker_image=image)
+        in_image = run_local(arguments(in_image_name), tmp_path / "docker", compiled, docker_image=cpu_image)
         on_host = run_local(arguments(on_host_name), tmp_path / "host", compiled)
 
     # Every step ran in a container of the image: its files belong to the image's user (the
@@ -73,7 +73,7 @@ def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
     tasks = {p.parent.name: p for p in run_root.glob("*/executor_output.json")}
     assert len(tasks) >= 10 and {"start-tracking", "train-model", "register-model"} <= set(tasks), sorted(tasks)
     if os.geteuid() == 0:
-        image_uid = int(docker_client.images.get(image).attrs["Config"]["User"].split(":")[0])
+        image_uid = int(docker_client.images.get(cpu_image).attrs["Config"]["User"].split(":")[0])
         assert image_uid != 0
         assert {task: path.stat().st_uid for task, path in tasks.items()} == dict.fromkeys(tasks, image_uid)
     host_tasks = {p.parent.name for p in Path(on_host["kfp_local_run"]).glob("*/executor_output.json")}
@@ -110,14 +110,14 @@ def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
     assert item["assets"]
 
 
-def test_docker_runner_passes_only_the_step_variables(image, docker_client, tmp_path, monkeypatch):
+def test_docker_runner_passes_only_the_step_variables(cpu_image, docker_client, tmp_path, monkeypatch):
     """The containers get the cluster's variables by name from this environment, nothing else."""
     from components.kubeflow.local_runner import docker_runner
 
     for name in STEP_ENV:
         monkeypatch.setenv(name, f"value-of-{name}")
     monkeypatch.setenv("CAMPSEG_NOT_A_STEP_VARIABLE", "host-only")
-    runner = docker_runner(image, tmp_path / "root", read_only=[tmp_path], client=docker_client)
+    runner = docker_runner(cpu_image, tmp_path / "root", read_only=[tmp_path], client=docker_client)
     args = runner.container_run_args
     assert args["network_mode"] == "host"
     environment = {k: v for k, v in args["environment"].items() if k != "HOME"}
