@@ -64,17 +64,20 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callab
 
     Raises:
         RunFolderError: ``output_dir`` is not ours to write, or another run holds it.
-        ParameterError: ``docker_image`` without a tracking server in ``MLFLOW_TRACKING_URI``.
+        ParameterError: ``docker_image`` unavailable, or without a tracking server in
+            ``MLFLOW_TRACKING_URI``.
     """
     output_dir = Path(output_dir)
     dataset_uri = arguments.get("dataset_uri")
     local_data = Path(dataset_uri) if dataset_uri and "://" not in str(dataset_uri) else None
-    if docker_image is not None:
+    image_user = None
+    if docker_image is not None:  # refused before anything is written
         check_docker_tracking(os.environ)
+        image_user = docker_image_user(docker_image)
     # The run folder is checked, locked and marked for the whole run: a user's folder is refused
     # before anything is written, and a second run into it is refused at once.
     with open_output(output_dir, "pipeline --run-local", data_dir=local_data):
-        return _run_locked(dict(arguments), output_dir.resolve(), pipeline_func, docker_image)
+        return _run_locked(dict(arguments), output_dir.resolve(), pipeline_func, image_user)
 
 
 def check_docker_tracking(env: Mapping[str, str]) -> None:
@@ -92,7 +95,7 @@ def check_docker_tracking(env: Mapping[str, str]) -> None:
 
 
 def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callable,
-                docker_image: Optional[str]) -> dict:
+                image_user: Optional[str]) -> dict:
     from kfp import local
 
     from components.kubeflow.steps import gather_run
@@ -103,11 +106,11 @@ def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Call
 
         arguments["dataset_uri"] = str(generate_sample_dataset(output_dir / "sample-data"))
     pipeline_root = output_dir / "kfp-local"
-    if docker_image is None:
+    if image_user is None:
         runner = local.SubprocessRunner(use_venv=False)
     else:
         data = arguments["dataset_uri"]
-        runner = docker_runner(docker_image, pipeline_root, read_only=[] if "://" in data else [Path(data)])
+        runner = docker_runner(image_user, pipeline_root, read_only=[] if "://" in data else [Path(data)])
     local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True)
     # MLFLOW_TRACKING_URI, or the embedded default: a SQLite store in the run folder.
     tracking_uri = tracking_uri_from_env(output_dir)
@@ -145,40 +148,45 @@ def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Call
     return summary
 
 
-def docker_runner(image: str, pipeline_root: Path, read_only: Sequence[Path] = (),
-                  env: Optional[Mapping[str, str]] = None, client: Any = None):
-    """kfp.local's ``DockerRunner`` for steps in ``image`` on this machine's network.
-
-    Each step container gets what a cluster step gets and nothing more: the image, the
-    variables of :data:`STEP_ENV` that are set in ``env`` (credentials are passed by name at run
-    time, never written into the pipeline or the image), and the folders it must read (the
-    pipeline root, which kfp.local mounts, and ``read_only`` at their own paths, e.g. a local
-    dataset). The host network lets steps reach servers on this machine's loopback (an engine
-    started with ``--bridge=none`` has no other network).
-
-    Containers run as the image's own user when this process is root (the pipeline root is made
-    theirs), else as this process's user (so the run folder stays the user's).
+def docker_image_user(image: str, client: Any = None) -> str:
+    """The user ``image`` runs as (its ``USER``, e.g. ``"1000:1000"``; empty: root), pulling it when missing.
 
     Raises:
-        ParameterError: no Docker engine answers, or ``image`` is neither here nor pullable.
+        ParameterError: no docker SDK, no Docker engine answers, or ``image`` is neither here nor pullable.
     """
-    from kfp import local
-
     try:
-        from docker.types import Mount
-
         import docker
     except ImportError:
         raise ParameterError("--runner docker needs the docker SDK (pip install docker)") from None
-    env = os.environ if env is None else env
     try:
         client = client or docker.from_env()
         try:
-            config = client.images.get(image).attrs["Config"]
+            return client.images.get(image).attrs["Config"].get("User") or ""
         except docker.errors.ImageNotFound:
-            config = client.images.pull(image).attrs["Config"]
+            return client.images.pull(image).attrs["Config"].get("User") or ""
     except docker.errors.DockerException as exc:
         raise ParameterError(f"--runner docker: image {image!r} unavailable ({exc})") from None
+
+
+def docker_runner(image_user: str, pipeline_root: Path, read_only: Sequence[Path] = (),
+                  env: Optional[Mapping[str, str]] = None):
+    """kfp.local's ``DockerRunner`` for the step images, on this machine's network.
+
+    Each step container gets what a cluster step gets and nothing more: its image (named by the
+    pipeline), the variables of :data:`STEP_ENV` that are set in ``env`` (credentials are passed
+    by name at run time, never written into the pipeline or the image), and the folders it must
+    read (the pipeline root, which kfp.local mounts, and ``read_only`` at their own paths, e.g. a
+    local dataset). The host network lets steps reach servers on this machine's loopback (an
+    engine started with ``--bridge=none`` has no other network).
+
+    Containers run as the image's own user (``image_user``, from :func:`docker_image_user`) when
+    this process is root, and the pipeline root is made theirs; else as this process's user, so
+    the run folder stays the user's.
+    """
+    from docker.types import Mount
+    from kfp import local
+
+    env = os.environ if env is None else env
     environment = {name: env[name] for name in STEP_ENV if env.get(name)}
     pipeline_root = Path(pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
@@ -187,7 +195,7 @@ def docker_runner(image: str, pipeline_root: Path, read_only: Sequence[Path] = (
         user = f"{os.getuid()}:{os.getgid()}"
         environment["HOME"] = "/tmp"  # the image's home belongs to its own user
     else:
-        uid, _, gid = (config.get("User") or "").partition(":")
+        uid, _, gid = image_user.partition(":")
         if uid.isdigit():
             os.chown(pipeline_root, int(uid), int(gid) if gid.isdigit() else int(uid))
     mounts = [Mount(target=str(p.resolve()), source=str(p.resolve()), type="bind", read_only=True) for p in read_only]

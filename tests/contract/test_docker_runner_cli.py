@@ -40,3 +40,13 @@ def test_a_tracking_server_is_accepted():
     check_docker_tracking({"MLFLOW_TRACKING_URI": "https://mlflow.example.org"})
     with pytest.raises(ParameterError, match="is not http"):
         check_docker_tracking({"MLFLOW_TRACKING_URI": "mlruns"})
+
+
+def test_docker_runner_with_an_image_it_cannot_get_is_refused(tmp_path):
+    """No engine, or an image neither here nor pullable: one error line naming the image."""
+    out = tmp_path / "run"
+    proc = run_pipeline("--run-local", "--runner", "docker", "--image", "campseg-never-built:0",
+                        "--output-dir", str(out), env=env(MLFLOW_TRACKING_URI="http://127.0.0.1:9"),
+                        timeout=600)
+    error_line(proc, "--runner docker", "campseg-never-built:0", "unavailable")
+    assert proc.returncode == 2 and not out.exists()

@@ -112,12 +112,14 @@ def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
 
 def test_docker_runner_passes_only_the_step_variables(cpu_image, docker_client, tmp_path, monkeypatch):
     """The containers get the cluster's variables by name from this environment, nothing else."""
-    from components.kubeflow.local_runner import docker_runner
+    from components.kubeflow.local_runner import docker_image_user, docker_runner
 
     for name in STEP_ENV:
         monkeypatch.setenv(name, f"value-of-{name}")
     monkeypatch.setenv("CAMPSEG_NOT_A_STEP_VARIABLE", "host-only")
-    runner = docker_runner(cpu_image, tmp_path / "root", read_only=[tmp_path], client=docker_client)
+    user = docker_image_user(cpu_image, client=docker_client)
+    assert user == docker_client.images.get(cpu_image).attrs["Config"]["User"] and user.split(":")[0] != "0"
+    runner = docker_runner(user, tmp_path / "root", read_only=[tmp_path])
     args = runner.container_run_args
     assert args["network_mode"] == "host"
     environment = {k: v for k, v in args["environment"].items() if k != "HOME"}
