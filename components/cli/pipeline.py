@@ -2,6 +2,7 @@
 
     python pipeline.py --compile --image REF --gpu-image REF [--output pipeline.yaml] [cluster flags]
     python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
+    python pipeline.py --run-local --runner docker [--image REF] --dataset-uri URI [parameters]
     python pipeline.py --submit --host URL [--namespace NS] (--image REF --gpu-image REF | --package pipeline.yaml) [--schedule CRON] [parameters]
     python pipeline.py --build-images --registry REGISTRY [--tag TAG] [--push] [cluster flags]
 
@@ -30,7 +31,14 @@ from components.contracts.config import TrainConfig
 from components.contracts.errors import ParameterError, PipelineInputError
 from components.kubeflow.cluster import ClusterSettings, Resources, Step
 from components.kubeflow.images import IMAGES_FILE, build_images, record_images, recorded_images
-from components.kubeflow.local_runner import LOCAL_DEFAULTS, LOCAL_SETTINGS, LocalRunFailed, print_summary, run_local
+from components.kubeflow.local_runner import (
+    LOCAL_DEFAULTS,
+    LOCAL_SETTINGS,
+    LocalRunFailed,
+    docker_settings,
+    print_summary,
+    run_local,
+)
 from components.kubeflow.submission import (
     COOKIES_ENV,
     TOKEN_ENV,
@@ -166,6 +174,10 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     parser.add_argument("--wheelhouse", type=Path, default=None, help="install from this wheel folder (offline builds)")
     parser.add_argument("--output", type=Path, default=Path("pipeline.yaml"), help="YAML path of --compile")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/local"), help="run folder of --run-local")
+    parser.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                        help="--run-local: each step in this Python environment (subprocess), or in the CPU "
+                             "image (--image, default the recorded one) with kfp.local's DockerRunner, on the "
+                             "host network with the S3/MLflow variables of this environment (docker)")
     parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
     parser.add_argument("--namespace", default=None,
                         help="Kubeflow profile namespace of --submit (multi-user Kubeflow): the experiment, the "
@@ -243,8 +255,16 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
 
 def run_local_command(args: argparse.Namespace, build_pipeline: PipelineFactory, arguments: dict[str, Any]) -> None:
     """``--run-local``: the pipeline through kfp.local, on the sample dataset unless ``--dataset-uri``
-    (written by :func:`run_local` into the run folder once the folder is checked and locked)."""
-    summary = run_local(arguments, args.output_dir, build_pipeline(LOCAL_SETTINGS))
+    (written by :func:`run_local` into the run folder once the folder is checked and locked); with
+    ``--runner docker`` every step in the CPU image."""
+    docker_image = None
+    if args.runner == "docker":
+        use_recorded_images(args)
+        if not args.image:
+            raise ParameterError("--runner docker needs --image REF (the CPU image, e.g. built by --build-images)")
+        docker_image = args.image
+    settings = LOCAL_SETTINGS if docker_image is None else docker_settings(docker_image)
+    summary = run_local(arguments, args.output_dir, build_pipeline(settings), docker_image=docker_image)
     print_summary(summary, args.output_dir)
 
 

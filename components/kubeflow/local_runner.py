@@ -1,17 +1,24 @@
-"""Run the pipeline with ``kfp.local`` in this environment and gather its outputs into a run folder."""
+"""Run the pipeline with ``kfp.local`` and gather its outputs into a run folder.
+
+Two runners: ``SubprocessRunner`` runs each step in this Python environment; ``DockerRunner``
+(:func:`docker_runner`) runs each step in the step image, as a cluster does, with only the
+variables a cluster step gets from its Secrets and ConfigMap.
+"""
 
 import collections
+import dataclasses
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from components.contracts.config import TrainConfig
+from components.contracts.errors import ParameterError
 from components.contracts.ownership import open_output
 from components.contracts.run_layout import ARTIFACTS, write_json
-from components.kubeflow.cluster import ClusterSettings
+from components.kubeflow.cluster import CONFIG_ENV, MLFLOW_SECRET_ENV, SECRET_ENV, ClusterSettings
 
 #: Lighter defaults of ``--run-local`` on a laptop: TrainConfig's own (the compiled pipeline
 #: keeps the cluster ones).
@@ -20,6 +27,15 @@ LOCAL_DEFAULTS = {"train_epochs": TrainConfig.epochs, "train_batch_size": TrainC
 #: No retries locally (kfp.local honours KFP's too), so an error of the first step fails fast;
 #: transfers retry on their own. No scratch volume: TMPDIR stays this machine's.
 LOCAL_SETTINGS = ClusterSettings(retries=0, scratch_size="")
+#: What a step reads from its environment: on a cluster, from the storage Secret, the ConfigMap and
+#: the MLflow Secret; in a DockerRunner container, from this process's environment (nothing else).
+STEP_ENV = SECRET_ENV + CONFIG_ENV + MLFLOW_SECRET_ENV
+
+
+def docker_settings(image: str) -> ClusterSettings:
+    """The local settings with every step on ``image`` (training too: no accelerator locally)."""
+    return dataclasses.replace(LOCAL_SETTINGS, image=image, gpu_image="", accelerator_count=0).check()
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Failed))):\s*(.*)$")
@@ -29,7 +45,8 @@ class LocalRunFailed(RuntimeError):
     """A step of a ``kfp.local`` run failed; the message names the step and its error."""
 
 
-def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callable) -> dict:
+def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callable,
+              docker_image: Optional[str] = None) -> dict:
     """Run ``pipeline_func`` with ``kfp.local``; gather a run folder in ``output_dir``.
 
     Args:
@@ -38,24 +55,48 @@ def run_local(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callab
         output_dir: the run folder (new, empty, or a run folder; locked for the whole run);
             kfp.local's own task folders go to its ``kfp-local/``.
         pipeline_func: the pipeline (``pipeline.build_pipeline(LOCAL_SETTINGS)``, or a compiled
-            YAML loaded with ``kfp.components.load_component_from_file``).
+            YAML loaded with ``kfp.components.load_component_from_file``), its steps on
+            ``docker_image`` when given (:func:`docker_settings`).
+        docker_image: run each step in this image with kfp.local's ``DockerRunner``
+            (:func:`docker_runner`) instead of in this Python environment.
 
     Returns:
         The run's summary, also written to ``summary.json``.
 
     Raises:
         RunFolderError: ``output_dir`` is not ours to write, or another run holds it.
+        ParameterError: ``docker_image`` unavailable, or without a tracking server in
+            ``MLFLOW_TRACKING_URI``.
     """
     output_dir = Path(output_dir)
     dataset_uri = arguments.get("dataset_uri")
     local_data = Path(dataset_uri) if dataset_uri and "://" not in str(dataset_uri) else None
+    image_user = None
+    if docker_image is not None:  # refused before anything is written
+        check_docker_tracking(os.environ)
+        image_user = docker_image_user(docker_image)
     # The run folder is checked, locked and marked for the whole run: a user's folder is refused
     # before anything is written, and a second run into it is refused at once.
     with open_output(output_dir, "pipeline --run-local", data_dir=local_data):
-        return _run_locked(dict(arguments), output_dir.resolve(), pipeline_func)
+        return _run_locked(dict(arguments), output_dir.resolve(), pipeline_func, image_user)
 
 
-def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callable) -> dict:
+def check_docker_tracking(env: Mapping[str, str]) -> None:
+    """A step container reaches a tracking server, not a SQLite file or folder on this machine.
+
+    Raises:
+        ParameterError: ``MLFLOW_TRACKING_URI`` is unset or not ``http(s)://``.
+    """
+    uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+    if not uri.startswith(("http://", "https://")):
+        raise ParameterError(
+            f"--runner docker: MLFLOW_TRACKING_URI {'is not set' if not uri else 'is not http(s)://'}; the step "
+            "containers need a tracking server they can reach (e.g. http://127.0.0.1:5000 on this host), "
+            "not a store on this machine's disk")
+
+
+def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Callable,
+                image_user: Optional[str]) -> dict:
     from kfp import local
 
     from components.kubeflow.steps import gather_run
@@ -65,8 +106,13 @@ def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Call
         from components.data.sample_data import generate_sample_dataset
 
         arguments["dataset_uri"] = str(generate_sample_dataset(output_dir / "sample-data"))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp-local"),
-               raise_on_error=True)
+    pipeline_root = output_dir / "kfp-local"
+    if image_user is None:
+        runner = local.SubprocessRunner(use_venv=False)
+    else:
+        data = arguments["dataset_uri"]
+        runner = docker_runner(image_user, pipeline_root, read_only=[] if "://" in data else [Path(data)])
+    local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True)
     # MLFLOW_TRACKING_URI, or the embedded default: a SQLite store in the run folder.
     tracking_uri = tracking_uri_from_env(output_dir)
     runs_before = set((output_dir / "kfp-local").glob("*"))
@@ -108,6 +154,61 @@ def _run_locked(arguments: dict[str, Any], output_dir: Path, pipeline_func: Call
     summary["mlflow"] = mlflow
     write_json(output_dir / "summary.json", summary)
     return summary
+
+
+def docker_image_user(image: str, client: Any = None) -> str:
+    """The user ``image`` runs as (its ``USER``, e.g. ``"1000:1000"``; empty: root), pulling it when missing.
+
+    Raises:
+        ParameterError: no docker SDK, no Docker engine answers, or ``image`` is neither here nor pullable.
+    """
+    try:
+        import docker
+    except ImportError:
+        raise ParameterError("--runner docker needs the docker SDK (pip install docker)") from None
+    try:
+        client = client or docker.from_env()
+        try:
+            return client.images.get(image).attrs["Config"].get("User") or ""
+        except docker.errors.ImageNotFound:
+            return client.images.pull(image).attrs["Config"].get("User") or ""
+    except docker.errors.DockerException as exc:
+        raise ParameterError(f"--runner docker: image {image!r} unavailable ({exc})") from None
+
+
+def docker_runner(image_user: str, pipeline_root: Path, read_only: Sequence[Path] = (),
+                  env: Optional[Mapping[str, str]] = None):
+    """kfp.local's ``DockerRunner`` for the step images, on this machine's network.
+
+    Each step container gets what a cluster step gets and nothing more: its image (named by the
+    pipeline), the variables of :data:`STEP_ENV` that are set in ``env`` (credentials are passed
+    by name at run time, never written into the pipeline or the image), and the folders it must
+    read (the pipeline root, which kfp.local mounts, and ``read_only`` at their own paths, e.g. a
+    local dataset). The host network lets steps reach servers on this machine's loopback (an
+    engine started with ``--bridge=none`` has no other network).
+
+    Containers run as the image's own user (``image_user``, from :func:`docker_image_user`) when
+    this process is root, and the pipeline root is made theirs; else as this process's user, so
+    the run folder stays the user's.
+    """
+    from docker.types import Mount
+    from kfp import local
+
+    env = os.environ if env is None else env
+    environment = {name: env[name] for name in STEP_ENV if env.get(name)}
+    pipeline_root = Path(pipeline_root)
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    user = None
+    if os.geteuid() != 0:
+        user = f"{os.getuid()}:{os.getgid()}"
+        environment["HOME"] = "/tmp"  # the image's home belongs to its own user
+    else:
+        uid, _, gid = image_user.partition(":")
+        if uid.isdigit():
+            os.chown(pipeline_root, int(uid), int(gid) if gid.isdigit() else int(uid))
+    mounts = [Mount(target=str(p.resolve()), source=str(p.resolve()), type="bind", read_only=True) for p in read_only]
+    args = dict(network_mode="host", environment=environment, mounts=mounts)
+    return local.DockerRunner(**args, **({"user": user} if user else {}))
 
 
 def local_task_outputs(run_root: Path) -> dict[str, dict[str, dict[str, Any]]]:

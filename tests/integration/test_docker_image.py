@@ -1,103 +1,22 @@
-"""Build the CPU image with a real Docker engine and run a pipeline component in it.
+"""The CPU image, built with a real Docker engine, and pipeline components run in it.
 
-Needs a Docker engine (``.ci/run`` installs Debian's docker.io and starts ``dockerd``). Offline
-machines: the base image is made locally with ``docker/make_base_image.sh`` (debootstrap +
-``docker import`` under the Dockerfile's default BASE_IMAGE tag) when the engine lacks it, and
-the dependencies come from ``./wheelhouse`` (``docker/make_wheelhouse.sh``), so the build runs
-with ``--network none``.
-
-Environment:
-    CAMPSEG_TEST_IMAGE   use this existing image instead of building one.
-    CAMPSEG_WHEELHOUSE   wheel folder (default <repo>/wheelhouse; made when missing).
+The image comes from the session fixture ``cpu_image`` (tests/integration/conftest.py,
+tests/support/docker_image.py): built once, offline where needed, for these tests and the whole
+pipeline's DockerRunner run (test_docker_pipeline.py). ``.ci/run`` starts ``dockerd``.
 """
 
 # No `from __future__ import annotations`: KFP reads the component's annotations as types.
-import importlib.util
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO
-
 pytestmark = pytest.mark.integration
 
 
-DOCKER_DIR = REPO / "docker"
-BASE_IMAGE = "python:3.11-slim-bookworm"  # the default of docker/Dockerfile's BASE_IMAGE
-TEST_TAG = "campseg-test:local"
-
-
-def _engine():
-    try:
-        import docker
-    except ImportError:
-        pytest.skip("the docker SDK is not installed (pip install docker)")
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
-        if os.environ.get("CAMPSEG_REQUIRE_SERVERS") == "1":
-            pytest.fail(f"no Docker engine answers ({exc}) though CAMPSEG_REQUIRE_SERVERS=1")
-        pytest.skip(f"no Docker engine answers ({type(exc).__name__}: {exc}); "
-                    "start dockerd as .ci/run does to run this test")
-    return client
-
-
-def _load_build_images():
-    spec = importlib.util.spec_from_file_location("campseg_build_images", DOCKER_DIR / "build_images.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run_script(script: str, *args: str, timeout: int = 900) -> None:
-    start = time.monotonic()
-    out = subprocess.run(["bash", str(DOCKER_DIR / script), *args], capture_output=True, text=True,
-                         timeout=timeout)
-    print(out.stdout[-3000:])
-    assert out.returncode == 0, f"{script} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    print(f"{script}: {time.monotonic() - start:.0f} s")
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    client = _engine()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def image(docker_client) -> str:
-    """The CPU image: built from docker/Dockerfile through docker/build_images.py, offline."""
-    if os.environ.get("CAMPSEG_TEST_IMAGE"):
-        return os.environ["CAMPSEG_TEST_IMAGE"]
-    import docker
-
-    try:
-        docker_client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
-        if not shutil.which("debootstrap") or os.geteuid() != 0:
-            pytest.skip(f"base image {BASE_IMAGE} missing and debootstrap (as root) unavailable to make it")
-        _run_script("make_base_image.sh", BASE_IMAGE)
-    wheelhouse = Path(os.environ.get("CAMPSEG_WHEELHOUSE", REPO / "wheelhouse"))
-    if not any(wheelhouse.glob("torch-*.whl")):
-        _run_script("make_wheelhouse.sh", str(wheelhouse))
-    build_images = _load_build_images()
-    start = time.monotonic()
-    build_images.build_image(REPO, "docker/Dockerfile", TEST_TAG, wheelhouse=wheelhouse,
-                             client=docker_client, log=lambda line: None)
-    size = docker_client.images.get(TEST_TAG).attrs["Size"]
-    print(f"built {TEST_TAG} in {time.monotonic() - start:.0f} s, {size / 1e9:.2f} GB")
-    return TEST_TAG
-
-
-def test_image_has_the_project_and_runs_as_non_root(docker_client, image):
+def test_image_has_the_project_and_runs_as_non_root(docker_client, cpu_image):
     out = docker_client.containers.run(
-        image,
+        cpu_image,
         ["python", "-c", "import os, components, torch, kfp, mlflow, rasterio, onnxruntime; "
                          "print(os.getuid(), components.__version__, torch.__version__, kfp.__version__)"],
         remove=True, network_disabled=True,
@@ -113,11 +32,11 @@ def test_image_has_the_project_and_runs_as_non_root(docker_client, image):
     # kfp.local's DockerRunner and the cluster run the image's kfp: keep it the host's version.
     assert kfp_version == kfp.__version__
     # The default command is the project's command line.
-    usage = docker_client.containers.run(image, remove=True, network_disabled=True)
+    usage = docker_client.containers.run(cpu_image, remove=True, network_disabled=True)
     assert b"python -m components" in usage and b"train" in usage
 
 
-def test_pipeline_components_run_in_the_image_with_docker_runner(image, tmp_path, monkeypatch):
+def test_pipeline_components_run_in_the_image_with_docker_runner(cpu_image, tmp_path, monkeypatch):
     """The pipeline's own fingerprint and statistics components, in the image, via DockerRunner."""
     import json
 
@@ -136,7 +55,7 @@ def test_pipeline_components_run_in_the_image_with_docker_runner(image, tmp_path
         path.chmod(0o777 if path.is_dir() else 0o644)
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.DockerRunner(), pipeline_root=str(pipeline_root), raise_on_error=True)
-    c = make_components(image)
+    c = make_components(cpu_image)
     start = time.monotonic()
     fingerprint = c.dataset_fingerprint(dataset_uri=str(data)).output
     stats_task = c.dataset_statistics(
