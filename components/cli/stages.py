@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence, get_args
 
 from components.contracts.config import (
+    AcceleratorName,
     Architecture,
     LossName,
     OptimizerName,
@@ -60,6 +61,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--precision", default=defaults.precision, choices=get_args(PrecisionName))
+    p.add_argument("--accelerator", default=defaults.accelerator, choices=get_args(AcceleratorName),
+                   help="auto: a GPU when one is visible")
+    p.add_argument("--devices", type=int, default=defaults.devices,
+                   help="GPUs (or CPU processes) training together with DDP; --batch-size is per device")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -68,7 +73,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         encoder_name=args.encoder_name, loss=args.loss, optimizer=args.optimizer,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         augment=args.augment, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-        seed=args.seed, precision=args.precision,
+        seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,7 +11,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 
 from components.contracts.config import TrainConfig
@@ -130,9 +132,14 @@ class SegmentationTask(L.LightningModule):
             probs, target = probs[valid], target[valid]
         if target.numel():
             metrics.update(probs, target)
-        # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end.
+        # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end;
+        # under DDP torchmetrics sums their states over the ranks first, so every rank (and so early
+        # stopping and the checkpoint's monitor) sees the metric of the whole split. Losses are
+        # reduced to the batch-size-weighted mean over the ranks.
+        distributed = self._trainer is not None and self.trainer.world_size > 1
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
-        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=x.shape[0], sync_dist=distributed)
         if stage == "train":
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
@@ -168,24 +175,70 @@ class SegmentationTask(L.LightningModule):
                 return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
 
-class HistoryCallback(Callback):
-    """Collect one row of epoch metrics (losses, metrics, learning rate) per epoch.
+class ChipDataModule(L.LightningDataModule):
+    """The train and validation loaders, built in each training process.
 
-    Each row also goes to every ``listener`` (:class:`~components.ml.metrics.EpochListener`), which
-    is how a tracker sees training live without depending on Lightning.
+    Under DDP Lightning shards the train split with a ``DistributedSampler``; the validation split
+    is sharded here without padding (``UnrepeatedDistributedSampler``), so no chip is counted twice
+    and the synced validation metrics are those of the whole split.
+
+    Args:
+        train: the train split (shuffled with ``seed``).
+        val: the validation split.
+        batch_size: chips per batch and device.
+        num_workers: loader worker processes per device.
+        pin_memory: page-locked batches, for asynchronous copies to a GPU.
+        seed: seed of the shuffling.
     """
 
-    def __init__(self, listeners: Sequence[EpochListener] = ()) -> None:
+    def __init__(self, train: Dataset, val: Dataset, batch_size: int, num_workers: int = 0,
+                 pin_memory: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.batch_size, self.seed = batch_size, seed
+        self.loader_options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        world_size, _ = self._ranks()
+        generator = torch.Generator().manual_seed(self.seed)
+        shard = len(self.train) // world_size
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=shard > self.batch_size,
+                          generator=generator, **self.loader_options)
+
+    def val_dataloader(self) -> DataLoader:
+        world_size, rank = self._ranks()
+        sampler = None
+        if world_size > 1:
+            sampler = UnrepeatedDistributedSampler(self.val, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(self.val, batch_size=self.batch_size, sampler=sampler, **self.loader_options)
+
+
+class HistoryCallback(Callback):
+    """Collect one row of epoch metrics (losses, metrics, learning rate) per epoch, on rank 0.
+
+    Each row also goes to every ``listener`` (:class:`~components.ml.metrics.EpochListener`), which
+    is how a tracker sees training live without depending on Lightning. At the end of the fit the
+    rows are written to ``spool`` (JSON), which is how they leave a spawned DDP process; other
+    ranks neither notify nor write.
+    """
+
+    def __init__(self, spool: Path, listeners: Sequence[EpochListener] = ()) -> None:
+        self.spool = Path(spool)
         self.rows: list[dict[str, float]] = []
         self.listeners = list(listeners)
         self.started = time.time()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for listener in self.listeners:
-            listener.fit_started()
+        if trainer.is_global_zero:
+            for listener in self.listeners:
+                listener.fit_started()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         row = epoch_row(trainer.current_epoch, trainer.callback_metrics, time.time() - self.started)
         self.rows.append(row)
@@ -193,8 +246,16 @@ class HistoryCallback(Callback):
             listener.epoch_ended(row)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        self.spool.write_text(json.dumps(self.rows))
         for listener in self.listeners:
             listener.fit_ended(self.rows)
+
+    def collected(self) -> list[dict[str, float]]:
+        """The rows rank 0 wrote (read back in the launching process after the fit)."""
+        return json.loads(self.spool.read_text()) if self.spool.exists() else []
 
 
 def load_network(checkpoint: Path) -> torch.nn.Module:

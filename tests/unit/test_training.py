@@ -99,3 +99,29 @@ def test_segmentation_task_emits_logits_with_configured_unet():
     out = task(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 1, 64, 64) and (out < 0).any() and (out > 0).any()
     assert len(task.network.encoders) == 3
+
+
+def test_validation_shards_cover_the_split_once():
+    """Under DDP each rank validates its own chips; together exactly the whole split, none twice
+    (a padding sampler would count a chip twice in the synced metrics)."""
+    from types import SimpleNamespace
+
+    from components.ml.task import ChipDataModule
+
+    val = list(range(7))  # odd: a padding sampler would repeat one chip
+    seen = []
+    for rank in range(2):
+        module = ChipDataModule(train=list(range(10)), val=val, batch_size=2)
+        module.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        seen += [int(i) for batch in module.val_dataloader() for i in batch]
+    assert sorted(seen) == val
+
+
+def test_devices_must_leave_every_rank_a_validation_chip(tiny_stats, tmp_path):
+    from components.contracts.errors import DatasetError
+
+    run = fresh_run(tiny_stats, tmp_path)
+    val = json.loads((run / "stats.json").read_text())["counts"]["val"]
+    with pytest.raises(DatasetError, match=f"val split has {val} chip"):
+        train(run, TrainConfig(**TINY, devices=val + 1, accelerator="cpu"), progress_bar=False)
+    assert not (run / "checkpoints").exists()
