@@ -133,10 +133,10 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
                            f"devices={config.devices}; every device needs at least one validation chip")
 
     L.seed_everything(config.seed, workers=True)
-    data = ChipDataModule(ChipDataset(by_split["train"], prep, augment=config.augment, seed=config.seed),
-                          ChipDataset(by_split["val"], prep), config.batch_size, num_workers(config),
-                          pin_memory=on_gpu(config), seed=config.seed)
-    task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold)
+    data = ChipDataModule(ChipDataset(by_split["train"], prep), ChipDataset(by_split["val"], prep),
+                          config.batch_size, num_workers(config), pin_memory=on_gpu(config), seed=config.seed)
+    task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold,
+                            preprocessing=prep.to_dict())
     # Only rank 0 writes, and only here: the checkpoint and the epoch rows. This process publishes
     # them into the run folder after the fit (with devices > 1 it is not a rank at all).
     partial_dir = layout.checkpoint.parent / ".partial"

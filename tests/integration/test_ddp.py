@@ -28,14 +28,16 @@ from tests.support.cli import run_components
 
 pytestmark = pytest.mark.slow
 
-RECIPE = ("--accelerator", "cpu", "--epochs", "6", "--base-channels", "8", "--depth", "3", "--seed", "3")
+RECIPE = ("--accelerator", "cpu", "--epochs", "10", "--base-channels", "8", "--depth", "3", "--seed", "42")
 #: Test IoU of the two runs may differ by this much. The two runs see different batches (the
 #: DistributedSampler's shuffle, not the single loader's), BatchNorm statistics over 4 chips per
-#: rank instead of 8, and per-rank augmentation draws: an ordinary change of seed. On this data and
-#: recipe, changing only the training seed moved the single-process test IoU by up to 0.08
-#: (seeds 1, 2, 3: 0.67, 0.64, 0.72, 40 chips, 5 test chips); 0.15 is about twice that spread,
-#: while a broken DDP run (a rank's shard only, unsynced or diverged weights) lands far lower.
-TOLERANCE = 0.15
+#: rank instead of 8, and per-rank augmentation draws: an ordinary change of seed. The test split
+#: is 5 chips of 64x64, so one chip is a fifth of the pixels. Measured with this recipe on this data
+#: in one process: test IoU 0.758 (seed 42) and 0.739 (seed 7); issue 12 measured 0.03-0.05 for a
+#: seed change on real chips. 0.10 is twice the larger of those, while a broken DDP run (one rank's
+#: shard only, unsynced weights, a lost checkpoint) falls far below it, to the 0.0-0.25 of a model
+#: that has not learned (4-epoch runs here).
+TOLERANCE = 0.10
 
 
 @pytest.fixture(scope="module")
@@ -87,5 +89,5 @@ def test_ddp_val_iou_is_that_of_the_whole_val_split(runs, data):
 
 def test_ddp_test_metrics_are_within_noise_of_one_process(runs):
     single, ddp = _test_iou(runs["single"]), _test_iou(runs["ddp"])
-    assert single > 0.3, f"the single-process reference did not learn (test IoU {single:.3f})"
+    assert single > 0.5, f"the single-process reference did not learn (test IoU {single:.3f})"
     assert abs(ddp - single) <= TOLERANCE, f"DDP test IoU {ddp:.3f} vs one process {single:.3f}"
