@@ -18,6 +18,7 @@ from components.contracts.config import (
 )
 from components.contracts.errors import PipelineInputError
 from components.contracts.ownership import open_output
+from components.contracts.preprocessing import DEFAULT_CLASS_NAME
 from components.contracts.run_layout import RunLayout, read_json
 from components.data.splits import SplitRatios
 
@@ -37,6 +38,9 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-ratio", type=float, default=ratios.test)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--threshold", type=float, default=0.5, help="camp probability threshold")
+    p.add_argument("--class-name", default=DEFAULT_CLASS_NAME,
+                   help="name of the foreground class (value 1) in figures, the STAC item and the DLPK "
+                        "(default: %(default)s; e.g. building)")
     p.add_argument("--nodata", type=float, default=None,
                    help="chip value meaning no data (all bands equal to it; 'nan' allowed), besides "
                         "GeoTIFF nodata and alpha 0; left out of statistics, loss and metrics")
@@ -139,7 +143,7 @@ def run_all(args: argparse.Namespace) -> dict:
         ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
         compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed,
                            args.threshold, fingerprint=_fingerprint(data), nodata=args.nodata,
-                           max_pixels_per_image=args.max_pixels)
+                           max_pixels_per_image=args.max_pixels, class_name=args.class_name)
         train(args.out, config, data)
         export_models(args.out, data)
         evaluate_run(args.out, data)
@@ -169,7 +173,7 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
             return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed,
                                       args.threshold, fingerprint=_fingerprint(args.data), nodata=args.nodata,
-                                      max_pixels_per_image=args.max_pixels)
+                                      max_pixels_per_image=args.max_pixels, class_name=args.class_name)
         case "train":
             from components.stages.train import train
 

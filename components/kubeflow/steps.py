@@ -115,6 +115,7 @@ def run_stats(dataset_uri: str, fingerprint: str, statistics_dir: str, params: M
             data, layout.root, params.get("image_size") or None, int(params["network_depth"]),
             SplitRatios(params["train_ratio"], params["val_ratio"], params["test_ratio"]),
             int(params["seed"]), float(params["threshold"]), dataset_uri=dataset_uri, fingerprint=fingerprint,
+            class_name=params.get("class_name") or "camp",
         )
         collect(layout, "statistics", statistics_dir)
         return stats
@@ -143,11 +144,14 @@ def run_export(dataset_uri: str, statistics_dir: str, training_dir: str, models_
         return report
 
 
-def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str) -> dict:
-    """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact."""
+def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str,
+                 training_dir: str | None = None) -> dict:
+    """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact; with the
+    ``training`` artifact, its figures include the training curves."""
     from components.stages.evaluate import evaluate_run
 
-    with staged_run(dataset_uri, statistics=statistics_dir, models=models_dir) as (layout, data):
+    with staged_run(dataset_uri, statistics=statistics_dir, models=models_dir,
+                    training=training_dir) as (layout, data):
         metrics = evaluate_run(layout.root, data)
         collect(layout, "evaluation", evaluation_dir)
         return metrics
@@ -217,11 +221,13 @@ def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dic
             "stats": layout.stats, "checkpoint": layout.checkpoint, "train_config": layout.config,
             "history": layout.history, "state_dict": layout.state_dict, "torchscript": layout.torchscript,
             "onnx": layout.onnx, "export_report": layout.export_report, "metrics": layout.metrics,
-            "confusion_matrix": layout.confusion_matrix_png, "overlays": layout.overlays_dir,
+            "confusion_matrix": layout.confusion_matrix_png, "training_curves": layout.training_curves_png,
+            "report": layout.report_html,
             "dlpk": next(layout.esri_dir.glob("*.dlpk")), "stac_item": layout.stac_item,
         }
         return update_summary(
             layout, **entries,
+            overlays={role: f"evaluation/overlays/{role}.png" for role in metrics.get("overlays", {})},
             test_metrics={k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")},
             best_val_iou=read_json(layout.history)["summary"]["best_val_iou"],
         )

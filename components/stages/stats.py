@@ -19,7 +19,7 @@ import numpy as np
 from components.contracts.errors import DatasetError, ParameterError, RunFolderError
 from components.contracts.lineage import dependents, file_digest, pairs_digest
 from components.contracts.ownership import open_output, update_marker
-from components.contracts.preprocessing import Preprocessing, check_image_size
+from components.contracts.preprocessing import DEFAULT_CLASS_NAME, Preprocessing, check_class_name, check_image_size
 from components.contracts.run_layout import RunLayout, artifact_present, read_json, update_summary, write_json
 from components.data.imagery import max_pixels
 from components.data.manifest import write_manifest
@@ -224,6 +224,7 @@ def compute_statistics(
     group_zoom: int | None = None,
     nodata: float | None = None,
     max_pixels_per_image: int | None = None,
+    class_name: str = DEFAULT_CLASS_NAME,
 ) -> dict:
     """Validate ``data_dir``, split it and write ``stats.json`` and the manifest into ``run_dir``.
 
@@ -243,6 +244,8 @@ def compute_statistics(
             GeoTIFFs' own nodata value and alpha 0; recorded in the preprocessing.
         max_pixels_per_image: largest width x height of one image (default ``CAMPSEG_MAX_PIXELS``
             or 64 megapixels).
+        class_name: name of the foreground class (value 1), e.g. ``camp`` or ``building``;
+            recorded in the preprocessing for the figures, the STAC item and the DLPK.
 
     Returns:
         The statistics document.
@@ -258,6 +261,7 @@ def compute_statistics(
         check_image_size(image_size, network_depth)
     if not 0 < threshold < 1:
         raise ParameterError(f"threshold={threshold!r}: must lie strictly between 0 and 1")
+    check_class_name(class_name)
     if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, (int, float))
                                or math.isinf(nodata)):
         raise ParameterError(f"nodata={nodata!r}: must be a number (or nan)")
@@ -266,13 +270,13 @@ def compute_statistics(
     layout = RunLayout(Path(run_dir))
     with open_output(layout.root, "stats", data_dir=data_dir):
         stats, pairs = _measure(data_dir, image_size, network_depth, ratios, seed, threshold, dataset_uri,
-                                fingerprint, group_zoom, nodata, limit)
+                                fingerprint, group_zoom, nodata, limit, class_name)
         return _publish(layout, data_dir, pairs, stats)
 
 
 def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios: SplitRatios, seed: int,
              threshold: float, dataset_uri: str | None, fingerprint: str | None, group_zoom: int | None,
-             nodata: float | None, limit: int) -> tuple[dict, list[Pair]]:
+             nodata: float | None, limit: int, class_name: str = DEFAULT_CLASS_NAME) -> tuple[dict, list[Pair]]:
     """Both passes over the dataset: the statistics document and the pairs with group and split."""
     pairs = find_pairs(data_dir)
 
@@ -297,7 +301,8 @@ def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios:
     max_value, value_scaling = _scaling(dtype, acc["train"])
     mean, std = acc["train"].mean_std(base / max_value)
     prep = Preprocessing(image_size, BAND_NAMES, mean, std, max_value, threshold, dtype=dtype.name,
-                         value_scaling=value_scaling, nodata=recorded_nodata, alpha=survey.alpha_chips > 0)
+                         value_scaling=value_scaling, nodata=recorded_nodata, alpha=survey.alpha_chips > 0,
+                         class_name=class_name)
     for warning in warnings:
         log.warning("warning: %s", warning)
 
