@@ -328,7 +328,8 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
                 from components.storage import join_uri
                 from components.storage.publish import publish_run
 
-                published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name)
+                published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name,
+                                        version=version)
             except Exception:
                 delete_version(uri, model_name, version)
                 raise

@@ -100,6 +100,8 @@ class _Survey:
     sizes: set[tuple[int, int]]
     nodata_values: set[float]
     alpha_chips: int
+    widths_m: list[float] = field(default_factory=list)  # ground width of each georeferenced chip
+    native_gsd_m: list[float] = field(default_factory=list)
 
 
 def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int) -> _Survey:
@@ -109,6 +111,8 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     """
     bounds: dict[str, tuple | None] = {}
     dtypes, sizes, problems, nodata_values, alpha = set(), set(), [], set(), 0
+    widths: list[float] = []
+    gsd: list[float] = []
     for pair in pairs:
         try:
             checked = read_pair(pair, nodata, limit)
@@ -116,6 +120,9 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
             problems.append(str(exc))
             continue
         bounds[pair.stem] = checked.bounds_wgs84
+        if checked.bounds_wgs84 is not None:
+            widths.append(_ground_width_m(checked.bounds_wgs84))
+            gsd.append(widths[-1] / checked.chip.size[0])
         dtypes.add(checked.chip.pixels.dtype.str)
         sizes.add(checked.chip.size)
         if checked.chip.nodata is not None:
@@ -128,7 +135,22 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     dtype = np.dtype(dtypes.pop())
     if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DatasetError(f"{data_dir}/chips: chips of type {dtype.name} are not imagery; use uint8, uint16 or float")
-    return _Survey(bounds, dtype, sizes, nodata_values, alpha)
+    return _Survey(bounds, dtype, sizes, nodata_values, alpha, widths, gsd)
+
+
+def _ground_width_m(bounds: tuple) -> float:
+    """East-west extent in metres of a WGS 84 box (spherical approximation at its middle latitude)."""
+    west, south, east, north = bounds
+    return abs(east - west) * 111_320.0 * math.cos(math.radians((south + north) / 2))
+
+
+def _ground_sample_distance(survey: _Survey, image_size: int) -> dict | None:
+    """Metres per pixel of the georeferenced chips: as stored and as trained (after any resize)."""
+    if not survey.widths_m:
+        return None
+    return {"native_m": float(np.median(survey.native_gsd_m)),
+            "training_m": float(np.median(survey.widths_m)) / image_size,
+            "georeferenced_chips": len(survey.widths_m)}
 
 
 def _check_nodata(nodata: float | None, dtype: np.dtype) -> None:
@@ -323,6 +345,7 @@ def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios:
         "seed": seed,
         "footprint": footprint,
         "footprint_reason": reason,
+        "ground_sample_distance": _ground_sample_distance(survey, image_size),
         "warnings": warnings,
     }
     return stats, pairs
