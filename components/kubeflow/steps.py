@@ -278,7 +278,9 @@ def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_na
     uri = tracking_uri()
     check_tracking_server(uri)
     params = {"dataset_uri": dataset_uri, "model_name": model_name, "publish_uri": publish_uri or "none"}
-    return start_pipeline_run(uri, experiment, f"{model_name}-{kfp_run_id[:8]}", kfp_run_id, params,
+    from components.tracking.runs import run_name
+
+    return start_pipeline_run(uri, experiment, run_name(model_name, dataset_uri), kfp_run_id, params,
                               existing_run_id=run_id_from_env())
 
 

@@ -155,15 +155,15 @@ def test_happy_run_metric_history_has_one_point_per_epoch(happy, mlflow_server):
     rows = history["epochs"]
     assert len(rows) == 3
     client = mlflow_client(mlflow_server)
-    for metric in ("val_iou", "train_loss", "val_loss"):
+    for metric in ("val/iou", "train/loss", "val/loss"):
         points = client.get_metric_history(happy["run"].info.run_id, metric)
         assert sorted(p.step for p in points) == sorted(int(r["epoch"]) for r in rows), metric
-    by_step = {p.step: p.value for p in client.get_metric_history(happy["run"].info.run_id, "val_iou")}
+    by_step = {p.step: p.value for p in client.get_metric_history(happy["run"].info.run_id, "val/iou")}
     for row in rows:
         assert by_step[int(row["epoch"])] == pytest.approx(row["val_iou"], abs=1e-6)
     metrics = happy["run"].data.metrics
-    assert metrics["test_iou"] == pytest.approx(happy["summary"]["test_metrics"]["iou"], abs=1e-9)
-    assert metrics["best_val_iou"] == pytest.approx(max(r["val_iou"] for r in rows), abs=1e-6)
+    assert metrics["test/iou"] == pytest.approx(happy["summary"]["test_metrics"]["iou"], abs=1e-9)
+    assert metrics["best/val_iou"] == pytest.approx(max(r["val_iou"] for r in rows), abs=1e-6)
 
 
 def test_happy_run_artifacts_in_the_bucket_with_local_sizes(happy, mlflow_server, s3_server):
