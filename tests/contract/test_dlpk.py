@@ -236,8 +236,8 @@ def test_dlpk_contents_and_emd_match_stats(run_dir: Path, dlpk: Path) -> None:
     assert emd["Threshold"] == prep["threshold"]
     assert emd["Preprocessing"] == prep
     assert emd["ModelPadding"] == 0 and emd["BatchSize"] >= 1
-    assert emd["Classes"] == [{"Value": 1, "Name": "camp", "Color": emd["Classes"][0]["Color"]}]
-    assert emd["ModelName"] == "camp-segmentation" and emd["Version"] == "1"
+    assert [(c["Value"], c["Name"]) for c in emd["Classes"]] == [(0, "background"), (1, "camp")]
+    assert emd["ModelName"] == "camp-segmentation" and emd["Version"] == "unregistered"
     assert emd["ModelOutput"] == "probabilities"
     norm = emd["NormalizationStats"]
     np.testing.assert_allclose(norm["band_mean_values"], np.multiply(prep["mean"], prep["max_value"]))
