@@ -132,5 +132,5 @@ def _figures(folder: Path, layout: RunLayout, values: dict, stats: dict, prep: P
             prediction = prep.classify(predictor(raw)[0])
             iou = "no foreground" if chip.iou is None else f"IoU {chip.iou:.3f}"
             save_overlay(raw[0], masks[0], prediction, prep.max_value, folder / "overlays" / f"{role}.png",
-                         prep.class_name, f"{role} test chip: {chip.stem} ({iou})")
+                         prep.class_name, f"{role} chip of the {values['split']} split: {chip.stem} ({iou})")
     (folder / "report.html").write_text(evaluation_html(values, folder, stats))

@@ -305,8 +305,9 @@ def test_raster_function_matches_evaluation(run_dir: Path, dlpk: Path, tmp_path:
     assert config["dataRange"] == (0, prep.max_value)
     info = first["info"]
     assert (info["bandCount"], info["pixelType"]) == (1, "u1")
-    assert info["statistics"][0]["maximum"] == 1.0
-    assert json.loads(info["rasterAttributeTable"])["features"][0]["attributes"]["Class"] == "camp"
+    assert info["statistics"][0]["minimum"] == 0.0 and info["statistics"][0]["maximum"] == 1.0
+    table = json.loads(info["rasterAttributeTable"])["features"]
+    assert [(f["attributes"]["Value"], f["attributes"]["Class"]) for f in table] == [(0, "background"), (1, "camp")]
 
     for case in ("uint8", "float32"):
         for i, out in enumerate(results[case]["outputs"]):
