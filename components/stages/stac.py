@@ -1,11 +1,12 @@
 """STAC generation: one STAC 1.1.0 item with the MLM extension describing the evaluated model.
 
-The item is written to ``metadata/stac_item.json`` of the run folder. :func:`build_item` reads like
-the item's outline: identity and footprint, the training period, the overview properties, the
-``mlm:*`` model fields (:mod:`components.standards.stac_mlm`, with ``mlm:input``/``mlm:output``
+The item is written to ``metadata/stac_item.json`` of the run folder, with the pre/post-processing
+code it names (``metadata/campseg_processing.py``) beside it. :func:`build_item` reads like the
+item's outline: identity and footprint, its time (the imagery's capture period when given, else the
+training's end, said so), license and providers, the overview properties, the ``mlm:*`` model fields (:mod:`components.standards.stac_mlm`, with ``mlm:input``/``mlm:output``
 derived from the one preprocessing definition in ``stats.json``, so a consumer that knows only
-the item gets the predictions of the evaluation stage), provenance and ``camp:*`` properties, and
-every artifact of the run as an asset (:mod:`components.standards.stac_assets`). Field choices and
+the item gets the predictions of the evaluation stage), provenance (``processing:*``, the training
+time) and ``camp:*`` properties, and every artifact of the run (and the container images) as an asset (:mod:`components.standards.stac_assets`). Field choices and
 their meaning are documented in ``docs/stac.md``.
 
 The item is validated offline against the official schemas (:mod:`components.standards.stac_validation`)

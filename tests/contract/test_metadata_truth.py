@@ -208,3 +208,21 @@ def test_training_gsd_of_georeferenced_chips(hotosm, tmp_path):
     gsd = stats["ground_sample_distance"]
     assert gsd["georeferenced_chips"] == stats["num_chips"]
     assert 0.01 < gsd["native_m"] < 100 and gsd["training_m"] == pytest.approx(gsd["native_m"], rel=0.05)
+
+
+def test_pipeline_passes_model_class_name_to_the_statistics_and_training_to_evaluation(compiled):
+    import pipeline
+    from components.cli.pipeline import check_pipeline_arguments
+
+    _, docs = compiled
+    spec = docs["spec"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["model_class_name"]["defaultValue"] == "camp"
+    found = {}
+    for component in (spec["root"], *spec["components"].values()):
+        found.update(component.get("dag", {}).get("tasks", {}))
+    stats_inputs = found["dataset-statistics"]["inputs"]["parameters"]
+    assert stats_inputs["class_name"]["componentInputParameter"].endswith("model_class_name")
+    evaluate_inputs = found["evaluate-model"]["inputs"]["artifacts"]
+    assert evaluate_inputs["training"]["taskOutputArtifact"]["producerTask"] == "train-model"
+    with pytest.raises(ParameterError, match="--model-class-name"):
+        check_pipeline_arguments({"model_class_name": "background"}, pipeline.build_pipeline())
