@@ -123,8 +123,8 @@ def _figures(folder: Path, layout: RunLayout, values: dict, stats: dict, prep: P
     save_confusion_matrix(values["confusion_matrix"], folder / "confusion_matrix.png", prep.class_name)
     if layout.history.exists():
         save_training_curves(read_json(layout.history), folder / "training_curves.png", prep.class_name)
+    (folder / "overlays").mkdir()  # always: it replaces the overlays of an earlier evaluation
     if chips is not None and chips.scores:
-        (folder / "overlays").mkdir()
         chosen = chips.chosen()
         values["overlays"] = {role: chip.as_dict() for role, chip in chosen.items()}
         for role, chip in chosen.items():

@@ -383,11 +383,15 @@ def build_stac_item(run_dir: Path, model_name: str = "camp-segmentation", asset_
     layout.require(layout.stats, stage="stac")
     with open_output(layout.root, "stac", create=False):
         code = layout.metadata_dir / PROCESSING_CODE.name
-        with atomic_path(code) as tmp:
+        with atomic_path(code) as tmp:  # the item's source-code asset: its checksum is taken from here
             tmp.write_bytes(PROCESSING_CODE.read_bytes())
-        item = build_item(layout, model_name=model_name, asset_base=asset_base, license=license,
-                          providers=providers, images=images, imagery=imagery)
-        validate_item(item)
+        try:
+            item = build_item(layout, model_name=model_name, asset_base=asset_base, license=license,
+                              providers=providers, images=images, imagery=imagery)
+            validate_item(item)
+        except BaseException:
+            code.unlink(missing_ok=True)  # no item, no code beside it
+            raise
         path = write_json(layout.stac_item, item)
         update_summary(layout, stac_item=path)
     return path

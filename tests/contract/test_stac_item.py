@@ -36,7 +36,7 @@ def run_dir(source_run, tmp_path) -> Path:
     """A private copy of the run, so a test may break it."""
     target = tmp_path / "run"
     shutil.copytree(source_run, target)
-    RunLayout(target).stac_item.unlink(missing_ok=True)
+    shutil.rmtree(RunLayout(target).metadata_dir)  # the item and the code beside it
     return target
 
 

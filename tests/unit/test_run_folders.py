@@ -163,7 +163,8 @@ def test_evaluate_out_writes_and_rewrites_its_own_folder(finished, data, tmp_pat
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["best.png", "median.png", "worst.png"]
     evaluate_run(finished, data, out, overlays=False)  # an evaluation folder of its own is replaced
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "confusion_matrix.png", "metrics.json", "report.html", "training_curves.png"]
+        "confusion_matrix.png", "metrics.json", "overlays", "report.html", "training_curves.png"]
+    assert not list((out / "overlays").iterdir())  # the first evaluation's overlays are gone
 
 
 def test_an_unwritable_out_is_a_clean_error(finished, data, tmp_path):
