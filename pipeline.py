@@ -75,6 +75,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         train_precision: str = TrainConfig.precision,
         model_name: str = "camp-segmentation",
         model_threshold: float = Preprocessing.threshold,
+        model_class_name: str = Preprocessing.class_name,
         model_publish_uri: str = "",
         tracking_experiment: str = "camp-segmentation",
         tracking_promotion_metric: str = "iou",
@@ -105,6 +106,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             train_precision: auto (bf16 mixed precision on GPU, fp32 on CPU), 32, bf16-mixed or 16-mixed.
             model_name: Name of the model in packages, the STAC item and the registry.
             model_threshold: Camp probability at or above which a pixel is camp.
+            model_class_name: Name of the foreground class (value 1; background is 0) in the figures, the STAC item and the DLPK, e.g. camp or building.
             model_publish_uri: s3://bucket/prefix/ to publish the final artifacts to, as <prefix>/<model_name>/<version>/ with a STAC item pointing there; empty to keep them in the pipeline's artifact store only.
             tracking_experiment: MLflow experiment of the pipeline's run (the server is MLFLOW_TRACKING_URI).
             tracking_promotion_metric: Test metric that decides whether the new version becomes the registry's champion.
@@ -135,7 +137,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                     "dataset-statistics", dataset_uri=dataset_uri, fingerprint=fingerprint.output,
                     image_size=dataset_image_size, architecture=train_architecture, depth=train_depth,
                     train_ratio=split_train_ratio, val_ratio=split_val_ratio, test_ratio=split_test_ratio,
-                    seed=split_seed, threshold=model_threshold,
+                    seed=split_seed, threshold=model_threshold, class_name=model_class_name,
                 ).outputs["statistics"]
                 training = step(
                     "train-model", dataset_uri=dataset_uri, statistics=statistics, architecture=train_architecture,
@@ -148,7 +150,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                 models = step("export-model", dataset_uri=dataset_uri, statistics=statistics,
                               training=training).outputs["models"]
                 evaluation = step("evaluate-model", dataset_uri=dataset_uri, statistics=statistics,
-                                  models=models).outputs["evaluation"]
+                                  models=models, training=training).outputs["evaluation"]
                 dlpk = step("package-dlpk", statistics=statistics, models=models,
                             model_name=model_name).outputs["dlpk"]
                 stac = step("generate-stac-item", statistics=statistics, training=training, models=models,

@@ -107,6 +107,7 @@ def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> Non
         ParameterError: naming the parameter's flag.
     """
     from components.contracts.naming import check_model_name
+    from components.contracts.preprocessing import check_class_name
     from components.data.splits import SplitRatios
     from components.tracking.promotion import check_promotion_settings
 
@@ -132,6 +133,8 @@ def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> Non
         raise ParameterError(f"--model-threshold={values['model_threshold']!r}: must lie strictly between 0 and 1")
     if "model_name" in values:
         check_model_name(values["model_name"])
+    if "model_class_name" in values:
+        check_class_name(values["model_class_name"], "--model-class-name")
     check_promotion_settings(values.get("tracking_promotion_metric", "iou"),
                              values.get("tracking_promotion_margin", 0.0))
 

@@ -19,6 +19,7 @@ from components.contracts.config import (
 )
 from components.contracts.errors import PipelineInputError
 from components.contracts.ownership import open_output
+from components.contracts.preprocessing import DEFAULT_CLASS_NAME
 from components.contracts.run_layout import RunLayout, read_json
 from components.data.splits import SplitRatios
 
@@ -38,6 +39,9 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-ratio", type=float, default=ratios.test)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--threshold", type=float, default=0.5, help="camp probability threshold")
+    p.add_argument("--class-name", default=DEFAULT_CLASS_NAME,
+                   help="name of the foreground class (value 1) in figures, the STAC item and the DLPK "
+                        "(default: %(default)s; e.g. building)")
     p.add_argument("--nodata", type=float, default=None,
                    help="chip value meaning no data (all bands equal to it; 'nan' allowed), besides "
                         "GeoTIFF nodata and alpha 0; left out of statistics, loss and metrics")
@@ -119,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--run", type=Path, required=True)
         p.add_argument("--model-name", default="camp-segmentation")
+        if name == "dlpk":
+            p.add_argument("--model-version", default=None,
+                           help="the .emd Version: the registered model version (default: unregistered)")
+        else:
+            _add_stac_args(p)
 
     p = sub.add_parser("all", help="stats, train, export, evaluate, dlpk and stac in sequence")
     _add_data_args(p, False)
@@ -126,7 +135,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="camp-segmentation")
     _add_stats_args(p)
     _add_train_args(p)
+    _add_stac_args(p)
     return parser
+
+
+def _add_stac_args(p: argparse.ArgumentParser) -> None:
+    from components.stages.stac import DEFAULT_LICENSE
+
+    p.add_argument("--license", default=DEFAULT_LICENSE,
+                   help="the STAC item's license: an SPDX identifier or expression, or 'other' (default: %(default)s)")
+    p.add_argument("--provider", action="append", default=[], metavar="NAME",
+                   help="a producer of the model or its data, for the STAC item's providers (repeatable; "
+                        "campseg is always listed as processor)")
+    p.add_argument("--imagery-period", default=None, metavar="START/END",
+                   help="capture period of the imagery, ISO 8601 (e.g. 2023-01-01/2023-06-30); default: "
+                        "unknown, and the item says so")
+    p.add_argument("--container-image", action="append", default=[], metavar="KIND=REF",
+                   help="a step image (cpu=REF, cuda=REF) as a STAC asset (repeatable; default: the refs "
+                        "build/images.json records, if any)")
+
+
+def _stac_options(args: argparse.Namespace) -> dict:
+    """The STAC stage's keyword arguments from ``--license``, ``--provider``, ``--imagery-period``,
+    ``--container-image`` (or build/images.json)."""
+    from components.kubeflow.images import IMAGES_FILE, recorded_images
+
+    images = {}
+    for text in args.container_image:
+        kind, sep, ref = text.partition("=")
+        if not sep or not kind or not ref:
+            raise PipelineInputError(f"--container-image {text!r}: expected KIND=REF (e.g. cpu=registry/campseg:1)")
+        images[kind] = ref
+    if not images and IMAGES_FILE.is_file():
+        images = recorded_images() or {}
+    imagery = None
+    if args.imagery_period:
+        start, sep, end = args.imagery_period.partition("/")
+        if not sep:
+            raise PipelineInputError(f"--imagery-period {args.imagery_period!r}: expected START/END "
+                                     "(ISO 8601, e.g. 2023-01-01/2023-06-30)")
+        imagery = (start, end)
+    return {"license": args.license, "providers": [{"name": n} for n in args.provider], "images": images,
+            "imagery": imagery}
 
 
 def run_all(args: argparse.Namespace) -> dict:
@@ -136,11 +186,13 @@ def run_all(args: argparse.Namespace) -> dict:
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
     from components.stages.export import export_models
-    from components.stages.stac import build_stac_item
+    from components.stages.stac import build_stac_item, check_stac_options
     from components.stages.stats import compute_statistics
     from components.stages.train import train
 
     check_model_name(args.model_name)
+    stac_options = _stac_options(args)  # bad STAC options are refused before hours of training
+    check_stac_options(**stac_options)
     config = _config(args)
     # The whole chain holds the run folder: checked, locked and marked before anything is written.
     with open_output(args.out, "all", data_dir=args.data):
@@ -150,12 +202,12 @@ def run_all(args: argparse.Namespace) -> dict:
         ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
         compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed,
                            args.threshold, fingerprint=_fingerprint(data), nodata=args.nodata,
-                           max_pixels_per_image=args.max_pixels)
+                           max_pixels_per_image=args.max_pixels, class_name=args.class_name)
         train(args.out, config, data)
         export_models(args.out, data)
         evaluate_run(args.out, data)
         package_dlpk(args.out, args.model_name)
-        build_stac_item(args.out, args.model_name)
+        build_stac_item(args.out, args.model_name, **stac_options)
         return read_json(RunLayout(args.out).summary)
 
 
@@ -180,7 +232,7 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
             return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed,
                                       args.threshold, fingerprint=_fingerprint(args.data), nodata=args.nodata,
-                                      max_pixels_per_image=args.max_pixels)
+                                      max_pixels_per_image=args.max_pixels, class_name=args.class_name)
         case "train":
             from components.stages.train import train
 
@@ -198,11 +250,11 @@ def dispatch(args: argparse.Namespace) -> dict | None:
         case "dlpk":
             from components.stages.dlpk import package_dlpk
 
-            return {"dlpk": str(package_dlpk(args.run, args.model_name))}
+            return {"dlpk": str(package_dlpk(args.run, args.model_name, version=args.model_version))}
         case "stac":
             from components.stages.stac import build_stac_item
 
-            return {"stac_item": str(build_stac_item(args.run, args.model_name))}
+            return {"stac_item": str(build_stac_item(args.run, args.model_name, **_stac_options(args)))}
         case "all":
             return run_all(args)
     raise AssertionError(args.stage)

@@ -18,18 +18,25 @@ no value is clipped, so the z-score on the raw scale (``raw_mean``/``raw_std``) 
 ``nodata`` (or None): a pixel whose bands all equal it (NaN matches NaN) is no data; it is left out
 of the statistics, the loss and the metrics, and :meth:`Preprocessing.normalize` sets it to 0 (the
 training mean) so it never reaches the network as an extreme value. ``alpha``: the chips carried
-an alpha band (RGBA); pixels with alpha 0 were treated as no data.
+an alpha band (RGBA); pixels with alpha 0 were treated as no data. ``class_name`` names the
+foreground class (value 1; background is 0): ``camp`` by default, ``building`` for building
+footprints. Figures, the STAC item's classes and the DLPK's ``Classes`` all read it from here.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from components.contracts.errors import ParameterError
+
+#: The foreground class's name when none is given.
+DEFAULT_CLASS_NAME = "camp"
+_CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,63}$")
 
 #: Largest network input size: a 4096 x 4096 x 3 float32 batch of one is already 200 MB.
 MAX_IMAGE_SIZE = 4096
@@ -48,6 +55,16 @@ def check_image_size(image_size: int, depth: int, parameter: str = "image_size")
         raise ParameterError(
             f"{parameter}={image_size!r}: at most {MAX_IMAGE_SIZE}; cut larger images into chips"
         )
+
+
+def check_class_name(name: str, parameter: str = "class_name") -> str:
+    """Return ``name`` when it can label the foreground class everywhere (files, legends, STAC, .emd)."""
+    if not isinstance(name, str) or not _CLASS_NAME.match(name) or name.strip().lower() == "background":
+        raise ParameterError(
+            f"{parameter}={name!r}: name the foreground class with 1-64 letters, digits, spaces, '_' or "
+            f"'-', starting with a letter or digit, and not 'background' (e.g. camp, building)"
+        )
+    return name
 
 
 def _json_number(value: float | None) -> float | str | None:
@@ -71,6 +88,7 @@ class Preprocessing:
     value_scaling: Mapping[str, Any] = field(default_factory=lambda: {"type": "max"})
     nodata: float | None = None
     alpha: bool = False
+    class_name: str = DEFAULT_CLASS_NAME
 
     @property
     def raw_range(self) -> tuple[float, float]:
@@ -116,7 +134,7 @@ class Preprocessing:
         return np.where(np.expand_dims(invalid, -3), np.float32(0), out).astype(np.float32)
 
     def classify(self, probabilities: np.ndarray) -> np.ndarray:
-        """Turn model probabilities into a uint8 class map (1 camp, 0 background)."""
+        """Turn model probabilities into a uint8 class map (1 ``class_name``, 0 background)."""
         return (np.asarray(probabilities) >= self.threshold).astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +163,7 @@ class Preprocessing:
             value_scaling=dict(payload.get("value_scaling") or {"type": "max"}),
             nodata=None if nodata is None else float(nodata),
             alpha=bool(payload.get("alpha", False)),
+            class_name=str(payload.get("class_name") or DEFAULT_CLASS_NAME),
         )
 
     @classmethod

@@ -44,7 +44,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("training", "train", ("checkpoints/", "train_config.json", "training_history.json"),
              "best Lightning checkpoint, hyperparameters, per-epoch metrics"),
     Artifact("models", "export", ("models/",), "state dict, TorchScript, ONNX and the export report"),
-    Artifact("evaluation", "evaluate", ("evaluation/",), "test metrics, confusion matrix, overlays"),
+    Artifact("evaluation", "evaluate", ("evaluation/",),
+             "test metrics, confusion matrix, training curves, overlays, the HTML report"),
     Artifact("dlpk", "dlpk", ("esri/",), "the Esri deep learning package"),
     Artifact("stac", "stac", ("metadata/",), "the STAC item with the MLM extension"),
 )
@@ -54,7 +55,7 @@ SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
     "statistics": ("stats",),
     "training": ("checkpoint", "train_config", "history", "best_val_iou"),
     "models": ("state_dict", "torchscript", "onnx", "export_report"),
-    "evaluation": ("metrics", "confusion_matrix", "overlays", "test_metrics"),
+    "evaluation": ("metrics", "confusion_matrix", "training_curves", "report", "overlays", "test_metrics"),
     "dlpk": ("dlpk",),
     "stac": ("stac_item",),
 }
@@ -120,6 +121,16 @@ class RunLayout:
     @property
     def confusion_matrix_png(self) -> Path:
         return self.evaluation_dir / "confusion_matrix.png"
+
+    @property
+    def training_curves_png(self) -> Path:
+        """Loss, IoU and learning rate per epoch."""
+        return self.evaluation_dir / "training_curves.png"
+
+    @property
+    def report_html(self) -> Path:
+        """The self-contained evaluation report (the KFP UI's)."""
+        return self.evaluation_dir / "report.html"
 
     @property
     def overlays_dir(self) -> Path:

@@ -97,6 +97,7 @@ def dataset_statistics(
     threshold: float,
     statistics: Output[Dataset],
     dataset_metrics: Output[Metrics],
+    class_name: str = "camp",
 ):
     """Validate the dataset, split it by ground and compute the preprocessing statistics."""
     from components.contracts.config import TrainConfig
@@ -104,7 +105,8 @@ def dataset_statistics(
 
     network_depth = TrainConfig(architecture=architecture, depth=depth).network_depth
     params = dict(image_size=image_size, network_depth=network_depth, train_ratio=train_ratio,
-                  val_ratio=val_ratio, test_ratio=test_ratio, seed=seed, threshold=threshold)
+                  val_ratio=val_ratio, test_ratio=test_ratio, seed=seed, threshold=threshold,
+                  class_name=class_name)
     stats = run_stats(dataset_uri, fingerprint, statistics.path, params)
     statistics.metadata.update({"fingerprint": fingerprint, "dataset_uri": dataset_uri, "num_chips": stats["num_chips"]})
     for split, count in stats["counts"].items():
@@ -171,25 +173,27 @@ def evaluate_model(
     dataset_uri: str,
     statistics: Input[Dataset],
     models: Input[Model],
+    training: Input[Artifact],
     evaluation: Output[Artifact],
     test_metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[HTML],
 ):
-    """Score the ONNX model on the test split; metrics, confusion matrix and an HTML report."""
+    """Score the ONNX model on the test split; metrics, confusion matrix, figures and an HTML report."""
     import json
+    import shutil
     from pathlib import Path
 
     from components.kubeflow.steps import run_evaluate
-    from components.reporting.html_report import METRIC_NAMES, evaluation_html
+    from components.ml.metrics import METRIC_NAMES
 
-    metrics = run_evaluate(dataset_uri, statistics.path, models.path, evaluation.path)
+    metrics = run_evaluate(dataset_uri, statistics.path, models.path, evaluation.path, training.path)
     for name in METRIC_NAMES:
         test_metrics.log_metric(name, round(metrics[name], 6))
     cm = metrics["confusion_matrix"]
-    confusion_matrix.log_confusion_matrix(["background", "camp"], [[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
-    stats = json.loads((Path(statistics.path) / "stats.json").read_text())
-    Path(report.path).write_text(evaluation_html(metrics, Path(evaluation.path) / "evaluation", stats))
+    class_name = json.loads((Path(statistics.path) / "stats.json").read_text())["preprocessing"].get("class_name", "camp")
+    confusion_matrix.log_confusion_matrix(["background", class_name], [[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    shutil.copyfile(Path(evaluation.path) / "evaluation" / "report.html", report.path)  # the same page as the run's
 
 
 def package_dlpk(

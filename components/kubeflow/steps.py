@@ -153,6 +153,7 @@ def run_stats(dataset_uri: str, fingerprint: str, statistics_dir: str, params: M
             data, layout.root, params.get("image_size") or None, int(params["network_depth"]),
             SplitRatios(params["train_ratio"], params["val_ratio"], params["test_ratio"]),
             int(params["seed"]), float(params["threshold"]), dataset_uri=dataset_uri, fingerprint=fingerprint,
+            class_name=params.get("class_name") or "camp",
         )
         collect(layout, "statistics", statistics_dir)
         return stats
@@ -185,12 +186,14 @@ def run_export(dataset_uri: str, statistics_dir: str, training_dir: str, models_
 
 
 @retry_transient
-def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str) -> dict:
-    """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact."""
+def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str,
+                 training_dir: str | None = None) -> dict:
+    """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact; with the
+    ``training`` artifact, its figures include the training curves."""
     from components.stages.evaluate import evaluate_run
 
     with staged_run(dataset_uri, splits=SPLITS_READ["evaluate"], statistics=statistics_dir,
-                    models=models_dir) as (layout, data):
+                    models=models_dir, training=training_dir) as (layout, data):
         metrics = evaluate_run(layout.root, data)
         collect(layout, "evaluation", evaluation_dir)
         return metrics
@@ -260,11 +263,13 @@ def gather_run(artifacts: Mapping[str, str | os.PathLike], out_dir: Path) -> dic
             "stats": layout.stats, "checkpoint": layout.checkpoint, "train_config": layout.config,
             "history": layout.history, "state_dict": layout.state_dict, "torchscript": layout.torchscript,
             "onnx": layout.onnx, "export_report": layout.export_report, "metrics": layout.metrics,
-            "confusion_matrix": layout.confusion_matrix_png, "overlays": layout.overlays_dir,
+            "confusion_matrix": layout.confusion_matrix_png, "training_curves": layout.training_curves_png,
+            "report": layout.report_html,
             "dlpk": next(layout.esri_dir.glob("*.dlpk")), "stac_item": layout.stac_item,
         }
         return update_summary(
             layout, **entries,
+            overlays={role: f"evaluation/overlays/{role}.png" for role in metrics.get("overlays", {})},
             test_metrics={k: metrics[k] for k in ("iou", "f1", "precision", "recall", "accuracy")},
             best_val_iou=read_json(layout.history)["summary"]["best_val_iou"],
         )
@@ -316,7 +321,9 @@ def start_tracking(dataset_uri: str, publish_uri: str, experiment: str, model_na
     uri = tracking_uri()
     check_tracking_server(uri)
     params = {"dataset_uri": dataset_uri, "model_name": model_name, "publish_uri": publish_uri or "none"}
-    return start_pipeline_run(uri, experiment, f"{model_name}-{kfp_run_id[:8]}", kfp_run_id, params,
+    from components.tracking.runs import run_name
+
+    return start_pipeline_run(uri, experiment, run_name(model_name, dataset_uri), kfp_run_id, params,
                               existing_run_id=run_id_from_env())
 
 
@@ -380,7 +387,8 @@ def register_and_promote(artifacts: Mapping[str, str], dataset_uri: str, mlflow_
                 from components.storage import join_uri
                 from components.storage.publish import publish_run
 
-                published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name)
+                published = publish_run(layout.root, join_uri(publish_uri, model_name, version), model_name,
+                                        version=version)
             except Exception:
                 delete_version(uri, model_name, version)
                 raise

@@ -15,6 +15,7 @@ from components.ml.inference import batched, onnx_session, predict_probabilities
 from components.ml.metrics import metric_collection
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # raw chips (N, C, H, W) -> probabilities (N, H, W)
+ChipListener = Callable[[Pair, np.ndarray, np.ndarray], None]  # (pair, mask with IGNORE, probabilities)
 
 
 def onnx_predictor(onnx_path: Path, prep: Preprocessing) -> Predictor:
@@ -35,8 +36,13 @@ def torch_predictor(model: torch.nn.Module, prep: Preprocessing) -> Predictor:
 
 
 def score(pairs: Sequence[Pair], predictor: Predictor, prep: Preprocessing, batch_size: int = 8,
-          keep: int = 0) -> tuple[dict, list[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]]:
-    """Metrics over all pixels with data of ``pairs`` at the threshold; also returns ``keep`` examples."""
+          keep: int = 0, on_chip: ChipListener | None = None,
+          ) -> tuple[dict, list[tuple[Pair, np.ndarray, np.ndarray, np.ndarray]]]:
+    """Metrics over all pixels with data of ``pairs`` at the threshold; also returns ``keep`` examples.
+
+    ``on_chip`` (optional) sees every chip's pair, mask (with no-data pixels) and probabilities,
+    e.g. to score chips one by one and pick the figures' examples.
+    """
     t = prep.threshold
     metrics = metric_collection(t)
     confusion = BinaryConfusionMatrix(threshold=t)
@@ -53,6 +59,8 @@ def score(pairs: Sequence[Pair], predictor: Predictor, prep: Preprocessing, batc
             metrics.update(probs[valid], target[valid])
             confusion.update(probs[valid], target[valid])
         for pair, chip, mask, prob in zip(batch, raw, masks, probs.numpy()):
+            if on_chip is not None:
+                on_chip(pair, mask, prob)
             if len(examples) < keep:
                 examples.append((pair, chip, (mask == 1).astype(np.uint8), prep.classify(prob)))
     values = {k: float(v) for k, v in metrics.compute().items()}

@@ -7,7 +7,9 @@ The package (``esri/<model_name>.dlpk``, a zip) holds:
   ``ExtractBands``, ``DataRange``, ``BatchSize``, ``ModelPadding``, ``Classes``, ``ModelName``,
   ``Version``; see Esri/raster-deep-learning docs/writing_model_definition.md). As in Esri's
   custom-function samples there is no ``ModelConfiguration`` (``InferenceFunction`` replaces the
-  built-in configurations) and ``Classes`` lists camp (1) only, background 0 unlisted. Plus this
+  built-in configurations). ``Classes`` lists background (0) and the class the model was trained on
+  (1, named by the preprocessing's ``class_name``). ``Version`` is the registered model version
+  when known (publishing re-packages with it), else ``unregistered``. Plus this
   project's ``Preprocessing`` (the ``stats.json`` block verbatim), ``Threshold``, ``ModelOutput`` and
   ``NormalizationStats`` in arcgis.learn's form (the same scaling, restated as band statistics).
   ``Preprocessing.dtype`` is the pixel type the model was trained on: the raster function refuses
@@ -47,8 +49,15 @@ from components.standards import ESRI_RASTER_FUNCTION
 RASTER_FUNCTION = ESRI_RASTER_FUNCTION
 #: What the exported models emit (docs/artifacts.md): probabilities in [0, 1], sigmoid inside.
 MODEL_OUTPUT = "probabilities"
-CAMP_CLASS = {"Value": 1, "Name": "camp", "Color": [230, 0, 0]}
 DEFAULT_BATCH_SIZE = 4
+#: The ``.emd`` ``Version`` of a package made before the model was registered.
+UNREGISTERED = "unregistered"
+
+
+def emd_classes(class_name: str) -> list[dict[str, Any]]:
+    """The ``.emd`` ``Classes``: background 0 and the trained class 1."""
+    return [{"Value": 0, "Name": "background", "Color": [0, 0, 0]},
+            {"Value": 1, "Name": class_name, "Color": [230, 0, 0]}]
 
 
 def normalization_stats(prep: Preprocessing) -> dict[str, list[float]]:
@@ -74,7 +83,7 @@ def normalization_stats(prep: Preprocessing) -> dict[str, list[float]]:
 def build_emd(
     stats: Mapping[str, Any],
     model_name: str = "camp-segmentation",
-    version: str = "1",
+    version: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict[str, Any]:
     """The Esri model definition for a run, from its ``stats.json`` document."""
@@ -86,7 +95,7 @@ def build_emd(
         "ModelType": "ImageClassification",
         "ModelFormat": "NCHW",
         "ModelName": model_name,
-        "Version": str(version),
+        "Version": str(version) if version else UNREGISTERED,
         "ImageHeight": prep.image_size,
         "ImageWidth": prep.image_size,
         "ExtractBands": list(range(len(prep.bands))),
@@ -94,7 +103,7 @@ def build_emd(
         "DataRange": [int(v) if float(v).is_integer() else v for v in prep.raw_range],
         "BatchSize": int(batch_size),
         "ModelPadding": 0,
-        "Classes": [dict(CAMP_CLASS)],
+        "Classes": emd_classes(prep.class_name),
         "Threshold": prep.threshold,
         "ModelOutput": MODEL_OUTPUT,
         "Preprocessing": dict(stats["preprocessing"]),
@@ -143,13 +152,13 @@ def _readme(emd: Mapping[str, Any], stats: Mapping[str, Any]) -> str:
     prep = emd["Preprocessing"]
     return (
         f"# {emd['ModelName']} (version {emd['Version']})\n\n"
-        "Refugee-camp segmentation. Use with ArcGIS Pro's *Classify Pixels Using Deep Learning* "
+        f"Segmentation of {prep.get('class_name', 'camp')}. Use with ArcGIS Pro's *Classify Pixels Using Deep Learning* "
         "(Image Analyst) in an environment with ArcGIS's deep learning frameworks (PyTorch).\n\n"
         f"- input: {len(prep['bands'])} bands {prep['bands']}, tiles of "
         f"{emd['ImageHeight']}x{emd['ImageWidth']}, scaled as "
         "(raw - mean*max_value)/(std*max_value)\n"
         f"- pixel type: {prep.get('dtype', 'uint8')} (rasters of another pixel type are refused)\n"
-        f"- output: 1 = camp (probability >= {emd['Threshold']}), 0 = background\n"
+        f"- output: 1 = {prep.get('class_name', 'camp')} (probability >= {emd['Threshold']}), 0 = background\n"
         f"- dataset: {stats.get('dataset_uri', 'unknown')} ({stats.get('fingerprint', '')})\n"
     )
 
@@ -157,7 +166,7 @@ def _readme(emd: Mapping[str, Any], stats: Mapping[str, Any]) -> str:
 def package_dlpk(
     run_dir: Path,
     model_name: str = "camp-segmentation",
-    version: str = "1",
+    version: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Path:
     """Write ``esri/<model_name>.dlpk`` for the run in ``run_dir`` and record it in the summary.
@@ -166,7 +175,8 @@ def package_dlpk(
         run_dir: run folder holding ``stats.json`` and ``models/model.pt`` (the export stage's
             ``models/export_report.json`` is shipped too when present).
         model_name: name of the package, its ``.emd`` and the ``ModelName`` key.
-        version: the ``Version`` key of the ``.emd``.
+        version: the ``Version`` key of the ``.emd``: the registered model version when known
+            (default ``unregistered``).
         batch_size: the ``BatchSize`` default (tiles per model call; ArcGIS users can change it).
 
     Returns:
@@ -185,7 +195,7 @@ def package_dlpk(
         return _package(layout, model_name, version, batch_size)
 
 
-def _package(layout: RunLayout, model_name: str, version: str, batch_size: int) -> Path:
+def _package(layout: RunLayout, model_name: str, version: str | None, batch_size: int) -> Path:
     digests = verify(layout, ["statistics", "training", "models"])
     stats = read_json(layout.stats)
     if "preprocessing" not in stats:

@@ -21,14 +21,16 @@ from components.contracts.run_layout import (
     write_json,
 )
 from components.data.manifest import read_manifest
-from components.data.pairs import find_pairs
+from components.data.pairs import find_pairs, load_examples
 from components.ml.metrics import METRIC_NAMES
 from components.ml.scoring import Predictor, onnx_predictor, score
-from components.reporting.figures import save_confusion_matrix, save_overlay
+from components.reporting.examples import ChipScores
+from components.reporting.figures import save_confusion_matrix, save_overlay, save_training_curves
+from components.reporting.html_report import evaluation_html
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None,
-                 predictor: Predictor | None = None, overlays: int = 4) -> dict:
+                 predictor: Predictor | None = None, overlays: bool = True) -> dict:
     """Evaluate a run's ONNX model.
 
     Args:
@@ -39,7 +41,7 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
             a new or empty folder, or one an earlier ``evaluate --out`` made (it carries the
             marker of kind ``evaluation``); never the dataset, the run or a folder of the user's.
         predictor: probabilities function (default: ONNX Runtime on ``models/model.onnx``).
-        overlays: how many image/truth/prediction figures to write.
+        overlays: draw the overlays of the best, the median and the worst chip by IoU.
 
     Returns:
         The metrics document.
@@ -66,7 +68,7 @@ def _check_out(layout: RunLayout, out_dir: Path) -> None:
 
 
 def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, predictor: Predictor | None,
-              overlays: int) -> dict:
+              overlays: bool) -> dict:
     digests = verify(layout, ["statistics", "training", "models"])
     stats = read_json(layout.stats)
     prep = Preprocessing.from_stats(stats)
@@ -78,7 +80,9 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
     else:
         pairs = find_pairs(Path(data_dir))
         split, uri = "all", str(data_dir)
-    values, examples = score(pairs, predictor or onnx_predictor(layout.onnx, prep), prep, keep=overlays)
+    predictor = predictor or onnx_predictor(layout.onnx, prep)
+    chips = ChipScores(prep)
+    values, _ = score(pairs, predictor, prep, on_chip=chips)
     values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
     values["lineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
     if out_dir is not None:
@@ -86,10 +90,7 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
                                  run_id=(read_marker(layout.root) or {}).get("run_id"))
 
     def write(folder: Path) -> None:
-        save_confusion_matrix(values["confusion_matrix"], folder / "confusion_matrix.png")
-        (folder / "overlays").mkdir()
-        for pair, chip, mask, prediction in examples:
-            save_overlay(chip, mask, prediction, prep.max_value, folder / "overlays" / f"{pair.stem}.png")
+        _figures(folder, layout, values, stats, prep, chips if overlays else None, predictor)
         write_json(folder / "metrics.json", values)
 
     if out_dir is not None:  # an evaluation folder of its own: its files are replaced, metrics.json last
@@ -103,11 +104,33 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
     with atomic_folder(layout.evaluation_dir) as staging:
         write(staging)
         retract(layout, *dependents("evaluation"))
+    figures = {"training_curves": layout.training_curves_png, "report": layout.report_html}
     update_summary(
         layout,
         metrics=layout.metrics,
         confusion_matrix=layout.confusion_matrix_png,
-        overlays=layout.overlays_dir,
+        **{key: path for key, path in figures.items() if path.exists()},
+        overlays={role: f"evaluation/overlays/{role}.png" for role in values.get("overlays", {})},
         test_metrics={k: values[k] for k in METRIC_NAMES},
     )
     return values
+
+
+def _figures(folder: Path, layout: RunLayout, values: dict, stats: dict, prep: Preprocessing,
+             chips: ChipScores | None, predictor: Predictor) -> None:
+    """The confusion matrix, the training curves (when the run has its history), the overlays of
+    the best, median and worst chip (their scores go into ``values["overlays"]``) and the report."""
+    save_confusion_matrix(values["confusion_matrix"], folder / "confusion_matrix.png", prep.class_name)
+    if layout.history.exists():
+        save_training_curves(read_json(layout.history), folder / "training_curves.png", prep.class_name)
+    (folder / "overlays").mkdir()  # always: it replaces the overlays of an earlier evaluation
+    if chips is not None and chips.scores:
+        chosen = chips.chosen()
+        values["overlays"] = {role: chip.as_dict() for role, chip in chosen.items()}
+        for role, chip in chosen.items():
+            raw, masks = load_examples([chips.pairs[chip.stem]], prep.image_size, prep.nodata)
+            prediction = prep.classify(predictor(raw)[0])
+            iou = "no foreground" if chip.iou is None else f"IoU {chip.iou:.3f}"
+            save_overlay(raw[0], masks[0], prediction, prep.max_value, folder / "overlays" / f"{role}.png",
+                         prep.class_name, f"{role} chip of the {values['split']} split: {chip.stem} ({iou})")
+    (folder / "report.html").write_text(evaluation_html(values, folder, stats))

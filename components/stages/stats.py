@@ -19,7 +19,7 @@ import numpy as np
 from components.contracts.errors import DatasetError, ParameterError, RunFolderError
 from components.contracts.lineage import dependents, file_digest, pairs_digest
 from components.contracts.ownership import open_output, update_marker
-from components.contracts.preprocessing import Preprocessing, check_image_size
+from components.contracts.preprocessing import DEFAULT_CLASS_NAME, Preprocessing, check_class_name, check_image_size
 from components.contracts.run_layout import RunLayout, artifact_present, read_json, update_summary, write_json
 from components.data.imagery import max_pixels
 from components.data.manifest import write_manifest
@@ -100,6 +100,8 @@ class _Survey:
     sizes: set[tuple[int, int]]
     nodata_values: set[float]
     alpha_chips: int
+    widths_m: list[float] = field(default_factory=list)  # ground width of each georeferenced chip
+    native_gsd_m: list[float] = field(default_factory=list)
 
 
 def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int) -> _Survey:
@@ -109,6 +111,8 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     """
     bounds: dict[str, tuple | None] = {}
     dtypes, sizes, problems, nodata_values, alpha = set(), set(), [], set(), 0
+    widths: list[float] = []
+    gsd: list[float] = []
     for pair in pairs:
         try:
             checked = read_pair(pair, nodata, limit)
@@ -116,6 +120,9 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
             problems.append(str(exc))
             continue
         bounds[pair.stem] = checked.bounds_wgs84
+        if checked.bounds_wgs84 is not None:
+            widths.append(_ground_width_m(checked.bounds_wgs84))
+            gsd.append(widths[-1] / checked.chip.size[0])
         dtypes.add(checked.chip.pixels.dtype.str)
         sizes.add(checked.chip.size)
         if checked.chip.nodata is not None:
@@ -128,7 +135,22 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     dtype = np.dtype(dtypes.pop())
     if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DatasetError(f"{data_dir}/chips: chips of type {dtype.name} are not imagery; use uint8, uint16 or float")
-    return _Survey(bounds, dtype, sizes, nodata_values, alpha)
+    return _Survey(bounds, dtype, sizes, nodata_values, alpha, widths, gsd)
+
+
+def _ground_width_m(bounds: tuple) -> float:
+    """East-west extent in metres of a WGS 84 box (spherical approximation at its middle latitude)."""
+    west, south, east, north = bounds
+    return abs(east - west) * 111_320.0 * math.cos(math.radians((south + north) / 2))
+
+
+def _ground_sample_distance(survey: _Survey, image_size: int) -> dict | None:
+    """Metres per pixel of the georeferenced chips: as stored and as trained (after any resize)."""
+    if not survey.widths_m:
+        return None
+    return {"native_m": float(np.median(survey.native_gsd_m)),
+            "training_m": float(np.median(survey.widths_m)) / image_size,
+            "georeferenced_chips": len(survey.widths_m)}
 
 
 def _check_nodata(nodata: float | None, dtype: np.dtype) -> None:
@@ -224,6 +246,7 @@ def compute_statistics(
     group_zoom: int | None = None,
     nodata: float | None = None,
     max_pixels_per_image: int | None = None,
+    class_name: str = DEFAULT_CLASS_NAME,
 ) -> dict:
     """Validate ``data_dir``, split it and write ``stats.json`` and the manifest into ``run_dir``.
 
@@ -243,6 +266,8 @@ def compute_statistics(
             GeoTIFFs' own nodata value and alpha 0; recorded in the preprocessing.
         max_pixels_per_image: largest width x height of one image (default ``CAMPSEG_MAX_PIXELS``
             or 64 megapixels).
+        class_name: name of the foreground class (value 1), e.g. ``camp`` or ``building``;
+            recorded in the preprocessing for the figures, the STAC item and the DLPK.
 
     Returns:
         The statistics document.
@@ -258,6 +283,7 @@ def compute_statistics(
         check_image_size(image_size, network_depth)
     if not 0 < threshold < 1:
         raise ParameterError(f"threshold={threshold!r}: must lie strictly between 0 and 1")
+    check_class_name(class_name)
     if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, (int, float))
                                or math.isinf(nodata)):
         raise ParameterError(f"nodata={nodata!r}: must be a number (or nan)")
@@ -266,13 +292,13 @@ def compute_statistics(
     layout = RunLayout(Path(run_dir))
     with open_output(layout.root, "stats", data_dir=data_dir):
         stats, pairs = _measure(data_dir, image_size, network_depth, ratios, seed, threshold, dataset_uri,
-                                fingerprint, group_zoom, nodata, limit)
+                                fingerprint, group_zoom, nodata, limit, class_name)
         return _publish(layout, data_dir, pairs, stats)
 
 
 def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios: SplitRatios, seed: int,
              threshold: float, dataset_uri: str | None, fingerprint: str | None, group_zoom: int | None,
-             nodata: float | None, limit: int) -> tuple[dict, list[Pair]]:
+             nodata: float | None, limit: int, class_name: str = DEFAULT_CLASS_NAME) -> tuple[dict, list[Pair]]:
     """Both passes over the dataset: the statistics document and the pairs with group and split."""
     pairs = find_pairs(data_dir)
 
@@ -297,7 +323,8 @@ def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios:
     max_value, value_scaling = _scaling(dtype, acc["train"])
     mean, std = acc["train"].mean_std(base / max_value)
     prep = Preprocessing(image_size, BAND_NAMES, mean, std, max_value, threshold, dtype=dtype.name,
-                         value_scaling=value_scaling, nodata=recorded_nodata, alpha=survey.alpha_chips > 0)
+                         value_scaling=value_scaling, nodata=recorded_nodata, alpha=survey.alpha_chips > 0,
+                         class_name=class_name)
     for warning in warnings:
         log.warning("warning: %s", warning)
 
@@ -318,6 +345,7 @@ def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios:
         "seed": seed,
         "footprint": footprint,
         "footprint_reason": reason,
+        "ground_sample_distance": _ground_sample_distance(survey, image_size),
         "warnings": warnings,
     }
     return stats, pairs

@@ -5,3 +5,5 @@ from pathlib import Path
 
 #: The Python raster function shipped in every DLPK (standalone: numpy, json, os, torch only).
 ESRI_RASTER_FUNCTION = Path(__file__).resolve().with_name("esri") / "CampSegmenter.py"
+#: The standalone pre/post-processing module shipped beside every STAC item (numpy only).
+PROCESSING_CODE = Path(__file__).resolve().parent / "model_code" / "campseg_processing.py"

@@ -1,4 +1,5 @@
-"""Training history in MLflow: per-epoch metrics with ``step=epoch`` and the best epoch's ``best_*``.
+"""Training history in MLflow: per-epoch metrics with ``step=epoch`` and the best epoch's ``best_*``,
+under grouped names (``train/loss``, ``val/iou``, ``train/lr``, ``best/val_iou``: :func:`~components.tracking.runs.metric_key`).
 
 :class:`MlflowEpochLogger` logs live while training (an
 :class:`~components.ml.metrics.EpochListener`, no Lightning needed); :func:`log_history` fills any
@@ -11,7 +12,7 @@ import logging
 from typing import Any, Callable, Mapping, Sequence
 
 from components.ml.metrics import MONITOR, best_row, row_metrics
-from components.tracking.runs import is_number, log_system_info, write_metrics
+from components.tracking.runs import is_number, log_system_info, metric_key, write_metrics
 from components.tracking.server import client as make_client
 from components.tracking.server import first_line
 
@@ -64,9 +65,9 @@ def log_history(tracking_uri: str, run_id: str, history: Mapping[str, Any] | Seq
         rows, summary = list(history), {}
     client = make_client(tracking_uri)
     keys = sorted({k for r in rows for k in row_metrics(r)})
-    present = {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+    present = {k: {m.step for m in client.get_metric_history(run_id, metric_key(k))} for k in keys}
     now = int(time.time() * 1000)
-    todo = [Metric(k, v, now, int(r["epoch"])) for r in rows
+    todo = [Metric(metric_key(k), v, now, int(r["epoch"])) for r in rows
             for k, v in row_metrics(r).items() if int(r["epoch"]) not in present.get(k, set())]
     for i in range(0, len(todo), 500):
         client.log_batch(run_id, metrics=todo[i:i + 500])

@@ -61,6 +61,25 @@ def model_signature(image_size: int, bands: int = 3):
     )
 
 
+def version_description(stats: Mapping[str, Any], config: Mapping[str, Any], metrics: Mapping[str, Any],
+                        run_id: str) -> str:
+    """A registered version's description in words: what the model is, what it was trained on,
+    how it scored on which test chips, and where it came from."""
+    prep = stats.get("preprocessing") or {}
+    class_name, size = prep.get("class_name", "camp"), prep.get("image_size", "?")
+    counts = stats.get("counts") or {}
+    scores = ", ".join(f"{k} {float(metrics[k]):.3f}" for k in METRIC_NAMES if is_number(metrics.get(k)))
+    return (
+        f"ONNX model segmenting {class_name} (class 1; background 0) in {len(prep.get('bands', []))}-band "
+        f"{size}x{size} chips: a {config.get('architecture', 'unet')} network trained for "
+        f"{config.get('epochs', '?')} epochs at most on {stats.get('dataset_uri', 'an unknown dataset')} "
+        f"({counts.get('train', '?')} train / {counts.get('val', '?')} validation / "
+        f"{counts.get('test', '?')} test chips). On the {metrics.get('split', 'test')} split "
+        f"({metrics.get('num_chips', '?')} chips, threshold {metrics.get('threshold', prep.get('threshold'))}): "
+        f"{scores}. From MLflow run {run_id}."
+    )
+
+
 def _check_run_ready(run, run_id: str) -> None:
     """Refuse a run whose artifacts are not all logged, or that failed."""
     if run.data.tags.get(ARTIFACTS_LOGGED_TAG) != "true":
@@ -231,9 +250,9 @@ def register_model(tracking_uri: str, run_id: str, model_name: str,
                 raise TrackingError(f"registering {model_uri} as {model_name!r} at "
                                     f"{redact(tracking_uri)} failed: {type(e).__name__}: "
                                     f"{first_line(e)}") from e
+    config = read_json(layout.config) if layout.config.exists() else {}
     client.update_model_version(model_name, number,
-                                description=f"campseg run {run_id}: test IoU "
-                                            f"{metrics.get('iou', float('nan')):.4f} on {split_id[:19]}")
+                                description=version_description(stats, config, metrics, run_id))
     write_tags(client, run_id, {"registered_model.name": model_name,
                                 "registered_model.version": number,
                                 "registered_model.uri": f"models:/{model_name}/{number}",

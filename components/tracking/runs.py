@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -85,15 +86,46 @@ def write_tags(client, run_id: str, tags: Mapping[str, Any]) -> None:
         client.log_batch(run_id, tags=items[i:i + 100])
 
 
+#: Metric-name prefixes that become MLflow chart groups (``train_loss`` -> ``train/loss``).
+METRIC_GROUPS = ("train", "val", "test", "best", "export")
+#: Metrics of no group that belong to one.
+_GROUP_OF = {"lr": "train/lr", "epochs_run": "train/epochs_run"}
+
+
+def metric_key(name: str) -> str:
+    """The MLflow name of a metric: grouped with a slash so the UI charts it in sections.
+
+    ``train_loss`` -> ``train/loss``, ``val_iou`` -> ``val/iou``, ``test_iou`` -> ``test/iou``,
+    ``best_val_iou`` -> ``best/val_iou``, ``lr`` -> ``train/lr``, ``dataset.positive_fraction.train``
+    -> ``dataset/positive_fraction.train``; a name with a slash already is kept.
+    """
+    if "/" in name:
+        return name
+    if name in _GROUP_OF:
+        return _GROUP_OF[name]
+    for group in (*METRIC_GROUPS, "dataset"):
+        for sep in ("_", "."):
+            if name.startswith(group + sep) and len(name) > len(group) + 1:
+                return f"{group}/{name[len(group) + 1:]}"
+    return name
+
+
 def write_metrics(client, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    """Log the finite numbers of ``metrics`` at ``step`` in batches of 200."""
+    """Log the finite numbers of ``metrics`` at ``step`` in batches of 200, under :func:`metric_key` names."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+    items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
              if is_number(v) and math.isfinite(float(v))]
     for i in range(0, len(items), 200):
         client.log_batch(run_id, metrics=items[i:i + 200])
+
+
+def run_name(model_name: str, dataset_uri: str, when: datetime | None = None) -> str:
+    """A run name people can read: ``<model> on <dataset folder> <YYYY-MM-DD HH:MM>`` (UTC)."""
+    dataset = str(dataset_uri).rstrip("/").rsplit("/", 1)[-1] or str(dataset_uri)
+    stamp = (when or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return f"{model_name} on {dataset} {stamp}"
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:

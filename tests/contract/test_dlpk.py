@@ -236,8 +236,8 @@ def test_dlpk_contents_and_emd_match_stats(run_dir: Path, dlpk: Path) -> None:
     assert emd["Threshold"] == prep["threshold"]
     assert emd["Preprocessing"] == prep
     assert emd["ModelPadding"] == 0 and emd["BatchSize"] >= 1
-    assert emd["Classes"] == [{"Value": 1, "Name": "camp", "Color": emd["Classes"][0]["Color"]}]
-    assert emd["ModelName"] == "camp-segmentation" and emd["Version"] == "1"
+    assert [(c["Value"], c["Name"]) for c in emd["Classes"]] == [(0, "background"), (1, "camp")]
+    assert emd["ModelName"] == "camp-segmentation" and emd["Version"] == "unregistered"
     assert emd["ModelOutput"] == "probabilities"
     norm = emd["NormalizationStats"]
     np.testing.assert_allclose(norm["band_mean_values"], np.multiply(prep["mean"], prep["max_value"]))
@@ -305,8 +305,9 @@ def test_raster_function_matches_evaluation(run_dir: Path, dlpk: Path, tmp_path:
     assert config["dataRange"] == (0, prep.max_value)
     info = first["info"]
     assert (info["bandCount"], info["pixelType"]) == (1, "u1")
-    assert info["statistics"][0]["maximum"] == 1.0
-    assert json.loads(info["rasterAttributeTable"])["features"][0]["attributes"]["Class"] == "camp"
+    assert info["statistics"][0]["minimum"] == 0.0 and info["statistics"][0]["maximum"] == 1.0
+    table = json.loads(info["rasterAttributeTable"])["features"]
+    assert [(f["attributes"]["Value"], f["attributes"]["Class"]) for f in table] == [(0, "background"), (1, "camp")]
 
     for case in ("uint8", "float32"):
         for i, out in enumerate(results[case]["outputs"]):

@@ -36,7 +36,7 @@ def run_dir(source_run, tmp_path) -> Path:
     """A private copy of the run, so a test may break it."""
     target = tmp_path / "run"
     shutil.copytree(source_run, target)
-    RunLayout(target).stac_item.unlink(missing_ok=True)
+    shutil.rmtree(RunLayout(target).metadata_dir)  # the item and the code beside it
     return target
 
 
@@ -57,7 +57,9 @@ def test_item_validates_and_is_recorded(item):
     props = doc["properties"]
     assert doc["stac_version"] == "1.1.0"
     assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in doc["stac_extensions"]
-    assert props["mlm:architecture"] == "U-Net" and props["mlm:tasks"] == ["semantic-segmentation"]
+    config = json.loads(layout.config.read_text())
+    assert props["mlm:architecture"].startswith("U-Net (") and config["architecture"] == "unet"
+    assert props["mlm:tasks"] == ["semantic-segmentation"]
     assert props["mlm:pretrained"] is False and props["mlm:pretrained_source"] is None
     report = json.loads(layout.export_report.read_text())
     assert props["mlm:total_parameters"] == report["total_parameters"]
@@ -65,10 +67,12 @@ def test_item_validates_and_is_recorded(item):
     stats = json.loads(layout.stats.read_text())
     if stats.get("footprint"):
         assert doc["bbox"] == stats["footprint"]["bbox"] and doc["geometry"]["type"] == "Polygon"
-    assert props["datetime"] is None and props["start_datetime"] <= props["end_datetime"]
     history = json.loads(layout.history.read_text())
-    assert props["camp:time_source"] == "training_history.json started_at/finished_at"
-    assert (props["start_datetime"], props["end_datetime"]) == (history["started_at"], history["finished_at"])
+    # no imagery period given: datetime is the training's end, and the item says the period is unknown
+    assert "start_datetime" not in props and props["datetime"] == history["finished_at"]
+    assert props["processing:datetime"] == history["finished_at"]
+    assert "capture period is unknown" in props["description"] and "unknown" in props["camp:time_source"]
+    assert history["started_at"] in props["processing:lineage"]
     metrics = json.loads(layout.metrics.read_text())
     assert props["camp:test_metrics"]["iou"] == metrics["iou"]
     roles = {k: a["roles"] for k, a in doc["assets"].items()}
@@ -123,7 +127,7 @@ def test_consumer_reproduces_evaluation_predictions_from_the_item_alone(item):
     probs = session.run([out["name"]], {spec["name"]: scaled.astype(spec["input"]["data_type"])})[0]
     assert list(probs.shape[1:]) == out["result"]["shape"][1:]
     assert 0.0 <= probs.min() and probs.max() <= 1.0
-    ours = (probs[:, 0] >= props["camp:threshold"]).astype(np.uint8)
+    ours = (probs[:, 0] >= props["mlm:hyperparameters"]["threshold"]).astype(np.uint8)
     assert {c["value"] for c in out["classification:classes"]} == {0, 1}
 
     from components.contracts.preprocessing import Preprocessing

@@ -76,7 +76,7 @@ def test_params_tags_and_dataset_input(first, client, trained_run):
     assert tags["kfp.run_id"].startswith("kfp-first-")
     for key in ("platform", "python", "torch", "lightning", "cpu_count", "memory_gb", "gpu_count"):
         assert tags[f"system.{key}"], key
-    assert run.data.metrics["dataset.counts.test"] == stats["counts"]["test"]
+    assert run.data.metrics["dataset/counts.test"] == stats["counts"]["test"]
     # the dataset as an input: its URI as source and its content fingerprint as digest
     (dataset_input,) = run.inputs.dataset_inputs
     ds = dataset_input.dataset
@@ -91,22 +91,22 @@ def test_params_tags_and_dataset_input(first, client, trained_run):
 def test_metric_history_has_one_point_per_epoch(first, client, trained_run, mlflow_server):
     history = read_json(trained_run / "training_history.json")
     epochs = [row["epoch"] for row in history["epochs"]]
-    for key in ("val_iou", "val_loss", "train_loss", "train_iou", "lr"):
+    for key in ("val/iou", "val/loss", "train/loss", "train/iou", "train/lr"):
         points = client.get_metric_history(first["run_id"], key)
         assert sorted(p.step for p in points) == epochs, key
-    val_iou = {p.step: p.value for p in client.get_metric_history(first["run_id"], "val_iou")}
+    val_iou = {p.step: p.value for p in client.get_metric_history(first["run_id"], "val/iou")}
     assert val_iou == pytest.approx({r["epoch"]: r["val_iou"] for r in history["epochs"]})
     metrics = client.get_run(first["run_id"]).data.metrics
     best = max(history["epochs"], key=lambda r: r["val_iou"])
-    assert metrics["best_epoch"] == best["epoch"]
-    assert metrics["best_val_iou"] == pytest.approx(best["val_iou"])
-    assert metrics["best_val_loss"] == pytest.approx(best["val_loss"])
+    assert metrics["best/epoch"] == best["epoch"]
+    assert metrics["best/val_iou"] == pytest.approx(best["val_iou"])
+    assert metrics["best/val_loss"] == pytest.approx(best["val_loss"])
     evaluation = read_json(trained_run / "evaluation" / "metrics.json")
     for key in ("iou", "f1", "precision", "recall", "accuracy"):
-        assert metrics[f"test_{key}"] == pytest.approx(evaluation[key])
+        assert metrics[f"test/{key}"] == pytest.approx(evaluation[key])
     # logging the history again (a retried step) adds no point
     tracking.log_history(mlflow_server.tracking_uri, first["run_id"], history)
-    assert len(client.get_metric_history(first["run_id"], "val_iou")) == len(epochs)
+    assert len(client.get_metric_history(first["run_id"], "val/iou")) == len(epochs)
 
 
 def test_artifacts_are_in_the_bucket_with_local_sizes(first, client, mlflow_server, s3_server, trained_run):
@@ -310,17 +310,17 @@ def test_local_sqlite_store_without_server(trained_run, tmp_path, monkeypatch):
           listeners=[logger], progress_bar=False)
     assert logger.failures == 0
     assert [row["epoch"] for row in logger.rows] == [0, 1, 2]
-    for key in ("train_loss", "val_loss", "val_iou", "lr"):
+    for key in ("train/loss", "val/loss", "val/iou", "train/lr"):
         assert [p.step for p in client.get_metric_history(run_id, key)] == [0, 1, 2], key
     assert client.get_metric_history(run_id, "seconds") == []  # a row's time is not a metric
     run = client.get_run(run_id)
     best = max(logger.rows, key=lambda r: r["val_iou"])
-    assert run.data.metrics["best_epoch"] == best["epoch"]
-    assert run.data.metrics["best_val_iou"] == pytest.approx(best["val_iou"])
+    assert run.data.metrics["best/epoch"] == best["epoch"]
+    assert run.data.metrics["best/val_iou"] == pytest.approx(best["val_iou"])
     assert run.data.tags["system.train.python"]
     # log_history afterwards fills nothing twice
     tracking.log_history(uri, run_id, logger.rows)
-    assert len(client.get_metric_history(run_id, "val_iou")) == 3
+    assert len(client.get_metric_history(run_id, "val/iou")) == 3
     tracking.end_run(uri, run_id, "FINISHED")
 
 

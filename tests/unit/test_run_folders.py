@@ -160,10 +160,11 @@ def test_evaluate_out_writes_and_rewrites_its_own_folder(finished, data, tmp_pat
     first = evaluate_run(finished, data, out)
     assert read_marker(out)["kind"] == "evaluation"
     assert first["lineage"]["statistics"] == read_marker(finished)["statistics"]
-    evaluate_run(finished, data, out, overlays=1)  # an evaluation folder of its own is replaced
-    assert len(list((out / "overlays").iterdir())) == 1
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["best.png", "median.png", "worst.png"]
+    evaluate_run(finished, data, out, overlays=False)  # an evaluation folder of its own is replaced
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "confusion_matrix.png", "metrics.json", "overlays"]
+        "confusion_matrix.png", "metrics.json", "overlays", "report.html", "training_curves.png"]
+    assert not list((out / "overlays").iterdir())  # the first evaluation's overlays are gone
 
 
 def test_an_unwritable_out_is_a_clean_error(finished, data, tmp_path):

@@ -64,6 +64,13 @@ class CampSegmenter:
             except (TypeError, ValueError):
                 raise Exception("Invalid model argument: neither an .emd file nor its JSON text")
 
+        names = [c["Name"] for c in self.json_info.get("Classes", []) if int(c.get("Value", 0)) == 1]
+        if names:
+            self.description = (
+                "Classifies each pixel as {} (1) or background (0) with a TorchScript model whose "
+                "preprocessing and threshold come from the Esri model definition.".format(names[0])
+            )
+
         model_path = self.json_info["ModelFile"]
         if not os.path.isabs(model_path):
             base = os.path.dirname(os.path.abspath(model)) if model_as_file else os.path.dirname(
