@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=SAMPLE_SIZE)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("sample-scene", help="write a georeferenced synthetic scene (GeoTIFF) to try predict on")
+    p.add_argument("--out", type=Path, required=True, help="the scene's path (its labels go beside it)")
+    p.add_argument("--tiles", type=int, default=8, help="chips per side")
+    p.add_argument("--size", type=int, default=SAMPLE_SIZE, help="pixels per chip side")
+    p.add_argument("--seed", type=int, default=1)
+
     p = sub.add_parser("stats", help="validate, split and compute statistics")
     _add_data_args(p, True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -200,6 +206,12 @@ def dispatch(args: argparse.Namespace) -> dict | None:
 
             generate_sample_dataset(args.out, args.chips, args.size, args.seed)
             return {"dataset": str(args.out)}
+        case "sample-scene":
+            from components.data.sample_data import generate_sample_scene
+
+            if args.tiles < 1 or args.size < 32:
+                raise PipelineInputError(f"sample-scene: --tiles {args.tiles} must be >= 1 and --size {args.size} >= 32")
+            return {"scene": str(generate_sample_scene(args.out, args.tiles, args.size, args.seed))}
         case "stats":
             from components.stages.stats import compute_statistics
 

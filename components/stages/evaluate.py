@@ -78,7 +78,9 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
     else:
         pairs = find_pairs(Path(data_dir))
         split, uri = "all", str(data_dir)
-    values, examples = score(pairs, predictor or onnx_predictor(layout.onnx, prep), prep, keep=overlays)
+    trained_sizes = [tuple(size) for size in stats.get("source_sizes") or []]
+    values, examples = score(pairs, predictor or onnx_predictor(layout.onnx, prep), prep, keep=overlays,
+                             trained_sizes=trained_sizes)
     values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
     values["lineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
     if out_dir is not None:
