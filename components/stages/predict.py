@@ -220,7 +220,8 @@ def _model_item_href(layout: RunLayout, model_item: str | None) -> str | None:
 def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold: float | None = None,
                    overlap: int | None = None, batch_size: int = 8, min_area_m2: float = 0.0, device: str = "cpu",
                    resample: bool = False, scene_uris: Mapping[str, str] | None = None,
-                   model_item: str | None = None, progress: bool = True) -> dict:
+                   model_item: str | None = None, model_reference: str | None = None,
+                   progress: bool = True) -> dict:
     """Predict every scene of ``input_path`` with the model of ``run_dir`` into ``out_dir``.
 
     Args:
@@ -237,6 +238,7 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
             refusing it.
         scene_uris: where each scene came from (e.g. its ``s3://`` URI), by local path, for links.
         model_item: the model's STAC item href (default: the run's ``metadata/stac_item.json``).
+        model_reference: how the model was named (e.g. ``models:/NAME@champion``), recorded.
         progress: draw a progress line on stderr.
 
     Returns:
@@ -262,7 +264,7 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
     if device == "cuda" and provider != "CUDAExecutionProvider":
         print("warning: --device cuda: ONNX Runtime has no CUDA provider here; predicting on the CPU",
               file=sys.stderr)
-    data_dir = input_path if input_path.is_dir() else input_path.parent
+    data_dir = input_path if input_path.is_dir() else None  # never write into a folder of scenes
     with open_output(out_dir, "predict", PREDICTION, data_dir=data_dir), gdal_env():
         staging = Path(tempfile.mkdtemp(prefix=".predict.", suffix=".partial", dir=out_dir))
         try:
@@ -283,7 +285,8 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
                 entry["scene"] = href
                 entries.append(entry)
             document = {
-                "model": {"run": str(layout.root.resolve()), "onnx": str(layout.onnx.resolve()),
+                "model": {"reference": model_reference or str(run_dir), "run": str(layout.root.resolve()),
+                          "onnx": str(layout.onnx.resolve()),
                           "lineage": {"statistics": digests["statistics"], "models": digests.get("models")},
                           "tile": prep.image_size, "bands": list(prep.bands),
                           "training_ground_sampling_distance_m": trained},

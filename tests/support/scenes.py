@@ -22,6 +22,7 @@ def write_scene(path: Path, pixels: np.ndarray, *, crs: str = "EPSG:32651", orig
 
     if pixels.ndim == 2:
         pixels = pixels[None]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     transform = from_origin(origin[0], origin[1], resolution, resolution)
     with rasterio.open(path, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1],
                        count=pixels.shape[0], dtype=pixels.dtype, crs=crs, transform=transform,
