@@ -16,6 +16,20 @@ from components.contracts.errors import ParameterError
 from components.kubeflow.steps import scratch_dir, tracking_uri
 
 
+def _model_item(model_dir: Path, model_ref: str) -> str | None:
+    """Where the model's STAC item lives for good: its ``self`` link (a published item), else the
+    model reference itself for a registered model (the scratch copy disappears with the step)."""
+    from components.contracts.run_layout import RunLayout, read_json
+    from components.tracking.model_ref import is_model_uri
+
+    item = RunLayout(model_dir).stac_item
+    if item.is_file():
+        for link in read_json(item).get("links", []):
+            if link.get("rel") == "self" and link.get("href"):
+                return str(link["href"])
+    return model_ref if is_model_uri(model_ref) else None
+
+
 def run_batch_prediction(scene_uri: str, model_ref: str, output_uri: str, preview_path: str | Path, *,
                          threshold: float = 0.0, overlap: int = -1, min_area_m2: float = 0.0,
                          device: str = "cpu") -> dict[str, Any]:
@@ -51,7 +65,8 @@ def run_batch_prediction(scene_uri: str, model_ref: str, output_uri: str, previe
         out = work / "out"
         document = predict_scenes(model_dir, local, out, threshold=threshold or None,
                                   overlap=None if overlap < 0 else overlap, min_area_m2=min_area_m2,
-                                  device=device, scene_uris=uris, model_reference=model_ref, progress=True)
+                                  device=device, scene_uris=uris, model_item=_model_item(model_dir, model_ref),
+                                  model_reference=model_ref, progress=True)
         local_of = {uri: path for path, uri in uris.items()}
         scenes = {e["scene"]: Path(local_of.get(e["scene"], e["scene"])) for e in document["scenes"]}
         Path(preview_path).parent.mkdir(parents=True, exist_ok=True)
