@@ -3,6 +3,7 @@
     python pipeline.py --compile --image REF --gpu-image REF [--output pipeline.yaml] [cluster flags]
     python pipeline.py --run-local [--dataset-uri PATH] [parameters] [--output-dir DIR]
     python pipeline.py --submit --host URL (--image REF --gpu-image REF | --package pipeline.yaml) [parameters]
+    python pipeline.py --pipeline predict --compile|--submit ... --scene-uri s3://... --output-uri s3://...
 
 This module wires components; the stage logic lives in ``components/``, the KFP glue in
 ``components/kubeflow/`` and the command line in ``components/cli/pipeline.py``.
@@ -20,6 +21,7 @@ from components.contracts.preprocessing import Preprocessing
 from components.data.splits import SplitRatios
 from components.kubeflow.cluster import ClusterSettings, Resources, Step, step_factory
 from components.kubeflow.submission import compile_package
+from components.tracking.promotion import CHAMPION_ALIAS
 
 PIPELINE_NAME = "camp-segmentation-training"
 
@@ -162,6 +164,50 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
     return camp_segmentation_training
 
 
+PREDICT_PIPELINE_NAME = "camp-segmentation-prediction"
+
+#: The batch-prediction pipeline's step policy (same columns as STEPS). Not cached: new scenes may
+#: arrive under an unchanged prefix, and the champion may move.
+PREDICT_STEPS = {
+    "predict-scenes":      Step("cpu", False,       False, True,  Resources("2", "4", "4Gi", "8Gi")),
+}
+
+
+def build_predict_pipeline(settings: ClusterSettings = ClusterSettings()):
+    """The batch-prediction pipeline: the champion (or another model) over a prefix of scenes."""
+    step = step_factory(PREDICT_STEPS, settings)
+
+    @dsl.pipeline(name=PREDICT_PIPELINE_NAME)
+    def camp_segmentation_prediction(
+        scene_uri: str,
+        output_uri: str,
+        model_ref: str = f"models:/camp-segmentation@{CHAMPION_ALIAS}",
+        predict_threshold: float = 0.0,
+        predict_overlap: int = -1,
+        predict_min_area_m2: float = 0.0,
+        predict_device: str = "cpu",
+    ):
+        """Map camps on new scenes: georeferenced masks, probabilities, polygons and STAC items.
+
+        Args:
+            scene_uri: s3://bucket/prefix/ of GeoTIFF/COG scenes (every *.tif directly under it), or a local path.
+            output_uri: s3://bucket/prefix/ the outputs go under, as <prefix>/<KFP run id>/.
+            model_ref: models:/NAME@ALIAS or models:/NAME/VERSION in the MLflow registry (MLFLOW_TRACKING_URI), or a run folder.
+            predict_threshold: Camp probability threshold; 0 uses the model's own.
+            predict_overlap: Pixels neighbouring windows share; -1 uses a quarter of the model's tile.
+            predict_min_area_m2: Camp polygons smaller than this many m² are left out of the GeoJSON.
+            predict_device: cpu, or cuda for ONNX Runtime's CUDA provider where the image has it.
+        """
+        step("predict-scenes", scene_uri=scene_uri, model_ref=model_ref, output_uri=output_uri,
+             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, threshold=predict_threshold, overlap=predict_overlap,
+             min_area_m2=predict_min_area_m2, device=predict_device)
+    return camp_segmentation_prediction
+
+
+#: ``--pipeline NAME``: each pipeline's factory and step policy.
+PIPELINES = {"training": (build_pipeline, STEPS), "predict": (build_predict_pipeline, PREDICT_STEPS)}
+
+
 def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:
     """Write the pipeline YAML that the KFP UI uploads; ``settings`` must name the step images
     (:meth:`ClusterSettings.check`)."""
@@ -169,8 +215,24 @@ def compile_pipeline(output: Path, settings: ClusterSettings) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python pipeline.py``: the command line of ``components/cli/pipeline.py`` for this pipeline."""
-    return run_cli(argv, build_pipeline=build_pipeline, steps=STEPS)
+    """``python pipeline.py [--pipeline training|predict]``: the command line of
+    ``components/cli/pipeline.py`` for that pipeline (default: training)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = "training"
+    for i, arg in enumerate(argv):
+        if arg == "--pipeline" and i + 1 < len(argv) or arg.startswith("--pipeline="):
+            name = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+            del argv[i:i + (1 if "=" in arg else 2)]
+            break
+    if name not in PIPELINES:
+        print(f"error: --pipeline {name!r}: one of {', '.join(PIPELINES)}", file=sys.stderr)
+        return 2
+    if name != "training" and "--run-local" in argv:
+        print(f"error: --pipeline {name}: --run-local runs the training pipeline only; run "
+              "python -m components predict locally", file=sys.stderr)
+        return 2
+    factory, steps = PIPELINES[name]
+    return run_cli(argv, build_pipeline=factory, steps=steps)
 
 
 if __name__ == "__main__":

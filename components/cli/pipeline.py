@@ -297,8 +297,12 @@ def submit_command(args: argparse.Namespace, build_pipeline: PipelineFactory, st
                    arguments: dict[str, Any], pipeline_name: str) -> None:
     """``--submit``: compile with the cluster flags (or take ``--package`` as it is), upload a new
     version, start a run or a schedule."""
-    if "dataset_uri" not in arguments:
+    inputs = build_pipeline(ClusterSettings()).component_spec.inputs
+    if "dataset_uri" in inputs and "dataset_uri" not in arguments:
         raise PipelineInputError("--submit needs --dataset-uri (an s3:// prefix the cluster can read)")
+    missing = [_flag(name) for name, spec in inputs.items() if spec.default is None and name not in arguments]
+    if missing:
+        raise PipelineInputError(f"--submit needs {', '.join(missing)}")
     if args.schedule:
         check_cron(args.schedule)
     if args.package is not None and not args.package.is_file():

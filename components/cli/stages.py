@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=SAMPLE_SIZE)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("sample-scene", help="write a georeferenced synthetic scene (GeoTIFF) to try predict on")
+    p.add_argument("--out", type=Path, required=True, help="the scene's path (its labels go beside it)")
+    p.add_argument("--tiles", type=int, default=8, help="chips per side")
+    p.add_argument("--size", type=int, default=SAMPLE_SIZE, help="pixels per chip side")
+    p.add_argument("--seed", type=int, default=1)
+
     p = sub.add_parser("stats", help="validate, split and compute statistics")
     _add_data_args(p, True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -118,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, False)
     p.add_argument("--out", type=Path, default=None,
                    help="evaluate all chips of --data into this folder: new, empty, or an earlier evaluate --out")
+
+    p = sub.add_parser("predict", help="map camps on whole GeoTIFF scenes: mask and probability COGs, polygons")
+    p.add_argument("--run", type=Path, required=True, help="trained run folder (stats.json, models/model.onnx)")
+    p.add_argument("--input", required=True, help="a GeoTIFF/COG scene, a folder of them, or an s3:// prefix")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new, empty, or an earlier predict --out (its files are replaced)")
+    p.add_argument("--threshold", type=float, default=None, help="camp probability threshold (default: the model's)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="pixels neighbouring windows share, blended (default: a quarter of the model's tile)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per ONNX Runtime call")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda uses ONNX Runtime's CUDA provider when present (CPU otherwise)")
+    p.add_argument("--resample", action="store_true",
+                   help="predict a scene of another resolution at the training resolution instead of refusing it")
 
     for name, helptext in (("dlpk", "package an Esri .dlpk"), ("stac", "write the STAC-MLM item")):
         p = sub.add_parser(name, help=helptext)
@@ -218,6 +239,28 @@ def _fingerprint(data: Path) -> str | None:
     return fingerprint(data) if Path(data).is_dir() else None
 
 
+def run_predict(args: argparse.Namespace) -> dict:
+    """``predict``: an ``s3://`` input is downloaded to a temporary folder first (links keep the URI)."""
+    import shutil
+    import tempfile
+
+    from components.stages.predict import predict_scenes
+    from components.storage import is_s3_uri, materialize
+
+    options = dict(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size,
+                   min_area_m2=args.min_area, device=args.device, resample=args.resample)
+    if not is_s3_uri(args.input):
+        return predict_scenes(args.run, Path(args.input), args.out, **options)
+    cache = Path(tempfile.mkdtemp(prefix="campseg-scenes-"))
+    try:
+        local = materialize(args.input, cache)
+        prefix = args.input.rstrip("/")
+        uris = {str(p): f"{prefix}/{p.relative_to(local).as_posix()}" for p in local.rglob("*") if p.is_file()}
+        return predict_scenes(args.run, local, args.out, scene_uris=uris, **options)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def dispatch(args: argparse.Namespace) -> dict | None:
     """Run the stage that ``args.stage`` names."""
     match args.stage:
@@ -226,6 +269,12 @@ def dispatch(args: argparse.Namespace) -> dict | None:
 
             generate_sample_dataset(args.out, args.chips, args.size, args.seed)
             return {"dataset": str(args.out)}
+        case "sample-scene":
+            from components.data.sample_data import generate_sample_scene
+
+            if args.tiles < 1 or args.size < 32:
+                raise PipelineInputError(f"sample-scene: --tiles {args.tiles} must be >= 1 and --size {args.size} >= 32")
+            return {"scene": str(generate_sample_scene(args.out, args.tiles, args.size, args.seed))}
         case "stats":
             from components.stages.stats import compute_statistics
 
@@ -247,6 +296,8 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             if args.out is not None and args.data is None:
                 raise PipelineInputError("evaluate --out needs --data: the labelled folder to evaluate")
             return evaluate_run(args.run, args.data, args.out)
+        case "predict":
+            return run_predict(args)
         case "dlpk":
             from components.stages.dlpk import package_dlpk
 

@@ -1,8 +1,8 @@
 """Who owns an output folder, and who writes into it now: the run marker and the run lock.
 
 A folder the project made carries a marker file, :data:`MARKER` (``.campseg-run.json``): its kind
-(``run`` for a run folder, ``evaluation`` for ``evaluate --out``), a run id, when it was created,
-and, once the statistics stage has run, the dataset fingerprint and the statistics digest the run
+(``run`` for a run folder, ``evaluation`` for ``evaluate --out``, ``prediction`` for ``predict --out``),
+a run id, when it was created, and, once the statistics stage has run, the dataset fingerprint and the statistics digest the run
 was built from. A stage writes only into a folder that does not exist yet, is empty, or carries
 the marker of its kind; anything else (a user's own folder, a dataset, a file) is refused with a
 :class:`~components.contracts.errors.RunFolderError` before anything is written. Only the marker
@@ -30,7 +30,7 @@ from components.contracts.errors import RunFolderError
 
 MARKER = ".campseg-run.json"
 LOCK = ".campseg.lock"
-RUN, EVALUATION = "run", "evaluation"
+RUN, EVALUATION, PREDICTION = "run", "evaluation", "prediction"
 
 
 def _now() -> str:
@@ -257,5 +257,5 @@ def open_output(folder: Path, stage: str, kind: str = RUN, *, create: bool = Tru
         yield marker
 
 
-__all__ = ["EVALUATION", "LOCK", "MARKER", "RUN", "check_output", "is_owned", "open_output", "read_marker",
+__all__ = ["EVALUATION", "LOCK", "MARKER", "PREDICTION", "RUN", "check_output", "is_owned", "open_output", "read_marker",
            "run_lock", "update_marker"]

@@ -160,6 +160,22 @@ def _read_geotiff(path: Path, limit: int) -> Raster:
     return Raster(np.ascontiguousarray(pixels), crs, bounds, alpha, nodata)
 
 
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding the pixels."""
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        if path.suffix.lower() in GEOTIFF_SUFFIXES:
+            import rasterio
+
+            with rasterio.open(path) as src:
+                return src.height, src.width
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except Exception as exc:  # PIL and rasterio raise many types for broken files
+        raise DatasetError(f"{shown(path)}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
 def resize_chip(chip: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of a (bands, H, W) chip to (bands, size, size), keeping its dtype."""
     if chip.shape[1:] == (size, size):

@@ -396,3 +396,37 @@ def generate_sample_dataset(
         Image.fromarray(chip).save(chips_dir / name)
         Image.fromarray(mask * np.uint8(255)).save(labels_dir / name)
     return out_dir
+
+
+def generate_sample_scene(path: Path, tiles: int = 8, tile: int = 128, seed: int = 1,
+                          resolution: float = 0.5) -> Path:
+    """Write a georeferenced synthetic scene: ``tiles`` x ``tiles`` rendered chips side by side.
+
+    A north-up RGB GeoTIFF in UTM zone 51N (EPSG:32651) with ``resolution`` m pixels, for trying
+    ``predict``; its camp mask goes to ``labels/<name>`` beside it (1 camp, 0 not).
+    Tile ``i`` is chip ``i`` of ``generate_sample_dataset(..., size=tile, seed=seed)``.
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if tiles < 1:
+        raise ValueError(f"tiles={tiles}: need at least one")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    side = tiles * tile
+    chip = np.zeros((3, side, side), np.uint8)
+    mask = np.zeros((1, side, side), np.uint8)
+    for index in range(tiles * tiles):
+        rng = np.random.default_rng([seed, index])
+        rgb, camp = render_scene(rng, tile, camps_for_index(index))
+        r, c = divmod(index, tiles)
+        chip[:, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = np.moveaxis(rgb, -1, 0)
+        mask[0, r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = camp
+    profile = dict(driver="GTiff", width=side, height=side, crs="EPSG:32651", tiled=True, compress="deflate",
+                   transform=from_origin(500_000.0, 1_550_000.0, resolution, resolution))
+    with rasterio.open(path, "w", count=3, dtype="uint8", **profile) as dst:
+        dst.write(chip)
+    (path.parent / "labels").mkdir(exist_ok=True)
+    with rasterio.open(path.parent / "labels" / path.name, "w", count=1, dtype="uint8", **profile) as dst:
+        dst.write(mask)
+    return path

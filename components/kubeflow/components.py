@@ -266,7 +266,20 @@ def end_tracking(kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
     end(kfp_run_id, status.state, status.error_message or "")
 
 
-STAGES = (start_tracking, end_tracking, register_model, dataset_fingerprint, decide_training, dataset_statistics, train_model, export_model, evaluate_model, package_dlpk, generate_stac_item)
+def predict_scenes(scene_uri: str, model_ref: str, output_uri: str, kfp_run_id: str, threshold: float,
+                   overlap: int, min_area_m2: float, device: str, preview: Output[HTML]) -> str:
+    """Map camps on every scene under scene_uri with model_ref; outputs to output_uri/<run id>/, an HTML preview."""
+    from components.kubeflow.prediction_steps import run_batch_prediction
+    from components.storage import join_uri
+
+    target = join_uri(output_uri, kfp_run_id) if output_uri else ""
+    run_batch_prediction(scene_uri, model_ref, target, preview.path, threshold=threshold, overlap=overlap,
+                         min_area_m2=min_area_m2, device=device)
+    return target
+
+
+STAGES = (start_tracking, end_tracking, register_model, dataset_fingerprint, decide_training, dataset_statistics,
+          train_model, export_model, evaluate_model, package_dlpk, generate_stac_item, predict_scenes)
 
 
 def make_components(image: str) -> SimpleNamespace:

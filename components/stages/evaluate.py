@@ -82,7 +82,8 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
         split, uri = "all", str(data_dir)
     predictor = predictor or onnx_predictor(layout.onnx, prep)
     chips = ChipScores(prep)
-    values, _ = score(pairs, predictor, prep, on_chip=chips)
+    trained_sizes = [tuple(size) for size in stats.get("source_sizes") or []]
+    values, _ = score(pairs, predictor, prep, trained_sizes=trained_sizes, on_chip=chips)
     values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
     values["lineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
     if out_dir is not None:

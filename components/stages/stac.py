@@ -211,7 +211,7 @@ def _overview(model_name: str, prep: Preprocessing, stats: Mapping[str, Any], de
     """Title, description, the imagery's period (or the training's end), ``created``, ``gsd``, ``bands``."""
     when: dict[str, Any] = ({"datetime": None, "start_datetime": imagery[0], "end_datetime": imagery[1]}
                             if imagery else {"datetime": trained_end})
-    gsd = (stats.get("ground_sample_distance") or {}).get("training_m")
+    gsd = (stats.get("ground_sampling_distance_m") or {}).get("median")
     properties = {
         "title": f"{model_name}: {prep.class_name} segmentation",
         "description": description,

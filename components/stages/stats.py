@@ -24,6 +24,7 @@ from components.contracts.run_layout import RunLayout, artifact_present, read_js
 from components.data.imagery import max_pixels
 from components.data.manifest import write_manifest
 from components.data.pairs import SPLITS, Pair, find_pairs, read_pair
+from components.data.scenes import bounds_gsd
 from components.data.splits import SplitRatios, assign_splits, group_keys
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ class _Survey:
     sizes: set[tuple[int, int]]
     nodata_values: set[float]
     alpha_chips: int
-    widths_m: list[float] = field(default_factory=list)  # ground width of each georeferenced chip
-    native_gsd_m: list[float] = field(default_factory=list)
+    gsd: list[tuple[float, int]]  # metres per pixel and width of each georeferenced chip as stored
 
 
 def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int) -> _Survey:
@@ -110,9 +110,7 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     Every invalid file is named in one error.
     """
     bounds: dict[str, tuple | None] = {}
-    dtypes, sizes, problems, nodata_values, alpha = set(), set(), [], set(), 0
-    widths: list[float] = []
-    gsd: list[float] = []
+    dtypes, sizes, problems, nodata_values, alpha, gsd = set(), set(), [], set(), 0, []
     for pair in pairs:
         try:
             checked = read_pair(pair, nodata, limit)
@@ -121,8 +119,8 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
             continue
         bounds[pair.stem] = checked.bounds_wgs84
         if checked.bounds_wgs84 is not None:
-            widths.append(_ground_width_m(checked.bounds_wgs84))
-            gsd.append(widths[-1] / checked.chip.size[0])
+            height, width = checked.chip.size
+            gsd.append((bounds_gsd(checked.bounds_wgs84, width, height), width))
         dtypes.add(checked.chip.pixels.dtype.str)
         sizes.add(checked.chip.size)
         if checked.chip.nodata is not None:
@@ -135,22 +133,7 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     dtype = np.dtype(dtypes.pop())
     if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DatasetError(f"{data_dir}/chips: chips of type {dtype.name} are not imagery; use uint8, uint16 or float")
-    return _Survey(bounds, dtype, sizes, nodata_values, alpha, widths, gsd)
-
-
-def _ground_width_m(bounds: tuple) -> float:
-    """East-west extent in metres of a WGS 84 box (spherical approximation at its middle latitude)."""
-    west, south, east, north = bounds
-    return abs(east - west) * 111_320.0 * math.cos(math.radians((south + north) / 2))
-
-
-def _ground_sample_distance(survey: _Survey, image_size: int) -> dict | None:
-    """Metres per pixel of the georeferenced chips: as stored and as trained (after any resize)."""
-    if not survey.widths_m:
-        return None
-    return {"native_m": float(np.median(survey.native_gsd_m)),
-            "training_m": float(np.median(survey.widths_m)) / image_size,
-            "georeferenced_chips": len(survey.widths_m)}
+    return _Survey(bounds, dtype, sizes, nodata_values, alpha, gsd)
 
 
 def _check_nodata(nodata: float | None, dtype: np.dtype) -> None:
@@ -345,7 +328,7 @@ def _measure(data_dir: Path, image_size: int | None, network_depth: int, ratios:
         "seed": seed,
         "footprint": footprint,
         "footprint_reason": reason,
-        "ground_sample_distance": _ground_sample_distance(survey, image_size),
+        "ground_sampling_distance_m": _gsd_summary([g * w / image_size for g, w in survey.gsd]),
         "warnings": warnings,
     }
     return stats, pairs
@@ -389,6 +372,15 @@ def _common_size(sizes: set[tuple[int, int]], data_dir: Path) -> int:
         f"image_size is not set and the chips in {data_dir} are not all one square size "
         f"({sorted(sizes)[:5]}): pass an image size to resize them to"
     )
+
+
+def _gsd_summary(values: list[float]) -> dict | None:
+    """Metres per pixel of the georeferenced chips as the model sees them (after any resize to the
+    image size): min, median, max; None when no chip is georeferenced."""
+    if not values:
+        return None
+    return {"min": round(min(values), 5), "median": round(float(np.median(values)), 5),
+            "max": round(max(values), 5), "chips": len(values)}
 
 
 def _footprint(boxes: list[tuple]) -> tuple[dict | None, str | None]:

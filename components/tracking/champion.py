@@ -101,7 +101,8 @@ def champion_score_on(tracking_uri: str, layout: RunLayout, model_name: str, dat
                 raise TrackingError(f"its logged model has no {'stats.json' if stats is None else 'ONNX file'}")
             prep = Preprocessing.from_stats(read_json(stats))
             pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
-            values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep)
+            sizes = [tuple(size) for size in read_json(layout.stats).get("source_sizes") or []]
+            values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep, trained_sizes=sizes)  # as trained
             value = float(values[metric])
     except Exception as e:  # noqa: BLE001 - fail closed: a champion we cannot score is kept
         log.warning("re-scoring %s v%s failed: %s: %s", model_name, version, type(e).__name__, first_line(e))

@@ -201,15 +201,6 @@ def test_the_emd_version_is_the_registry_version_when_known(run, tmp_path):
     assert emd["Version"] == "7" and "(version 7)" in readme and "building" in readme
 
 
-def test_training_gsd_of_georeferenced_chips(hotosm, tmp_path):
-    from components.stages.stats import compute_statistics
-
-    stats = compute_statistics(hotosm, tmp_path / "run", image_size=None)
-    gsd = stats["ground_sample_distance"]
-    assert gsd["georeferenced_chips"] == stats["num_chips"]
-    assert 0.01 < gsd["native_m"] < 100 and gsd["training_m"] == pytest.approx(gsd["native_m"], rel=0.05)
-
-
 def test_pipeline_passes_model_class_name_to_the_statistics_and_training_to_evaluation(compiled):
     import pipeline
     from components.cli.pipeline import check_pipeline_arguments

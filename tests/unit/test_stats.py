@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from components.contracts.run_layout import RunLayout
@@ -45,6 +46,20 @@ def test_footprint_of_georeferenced_masks(hotosm, tmp_path):
     assert stats["footprint"]["geometry"]["type"] == "Polygon"
     assert stats["footprint_reason"] is None
     assert stats["groups"] == {"train": 2, "val": 1, "test": 1}
+
+
+def test_ground_sampling_distance_of_georeferenced_chips(hotosm, tmp_path):
+    import math
+
+    stats = compute_statistics(hotosm, tmp_path / "native")
+    gsd = stats["ground_sampling_distance_m"]
+    # XYZ tiles of 256 px at zooms 21 (finest) to 19 at 13.97 N: 156543.03 m / 2**z * cos(latitude)
+    at_zoom = {z: 156543.03 / 2**z * math.cos(math.radians(13.97)) for z in (19, 21)}
+    assert gsd["min"] == pytest.approx(at_zoom[21], rel=0.01)
+    assert gsd["max"] == pytest.approx(at_zoom[19], rel=0.01)
+    assert gsd["chips"] == 84
+    halved = compute_statistics(hotosm, tmp_path / "halved", image_size=128)["ground_sampling_distance_m"]
+    assert halved["min"] == pytest.approx(2 * gsd["min"], rel=1e-3)  # the model sees chips at half the size
 
 
 def test_chips_are_resized_to_the_requested_size(sample_data, tmp_path):
