@@ -169,7 +169,7 @@ PREDICT_PIPELINE_NAME = "camp-segmentation-prediction"
 #: The batch-prediction pipeline's step policy (same columns as STEPS). Not cached: new scenes may
 #: arrive under an unchanged prefix, and the champion may move.
 PREDICT_STEPS = {
-    "predict-scenes":      Step("cpu", False,       False, True,  Resources("2", "4", "4Gi", "8Gi")),
+    "predict-scenes":      Step("cpu", "any", False, False, True,  True,    Resources("2", "4", "4Gi", "8Gi")),
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from components.contracts.errors import ParameterError
+from components.kubeflow.retries import retry_transient
 from components.kubeflow.steps import scratch_dir, tracking_uri
 
 
@@ -30,6 +31,7 @@ def _model_item(model_dir: Path, model_ref: str) -> str | None:
     return model_ref if is_model_uri(model_ref) else None
 
 
+@retry_transient
 def run_batch_prediction(scene_uri: str, model_ref: str, output_uri: str, preview_path: str | Path, *,
                          threshold: float = 0.0, overlap: int = -1, min_area_m2: float = 0.0,
                          device: str = "cpu") -> dict[str, Any]:
