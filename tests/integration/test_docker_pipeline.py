@@ -52,7 +52,9 @@ def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
     data = generate_sample_dataset(tmp_path / "data", n_chips=24, size=64, seed=7)
     storage.upload_dir(data, f"s3://{bucket}/data/", client=s3_server.client())
     package = tmp_path / "pipeline.yaml"
-    assert pipeline.main(["--compile", "--output", str(package), "--image", cpu_image, "--accelerator-count", "0"]) == 0
+    # kfp.local mounts no volume: compiled without the scratch volume (its TMPDIR would not exist)
+    assert pipeline.main(["--compile", "--output", str(package), "--image", cpu_image, "--accelerator-count", "0",
+                          "--scratch-size", ""]) == 0
     from kfp.components import load_component_from_file
 
     compiled = load_component_from_file(str(package))

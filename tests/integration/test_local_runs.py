@@ -21,10 +21,16 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def yaml_run(compiled, small_dataset, tmp_path_factory) -> Path:
+def yaml_run(small_dataset, tmp_path_factory) -> Path:
+    """The compiled cluster YAML run by kfp.local. kfp.local mounts no volume, so it is compiled
+    without the scratch volume (whose TMPDIR, /scratch, would not exist here)."""
     from kfp import components
 
-    path, _ = compiled
+    import pipeline
+
+    path = tmp_path_factory.mktemp("yaml") / "pipeline.yaml"
+    assert pipeline.main(["--compile", "--output", str(path), "--image", "registry.example/campseg:1.2.3",
+                          "--gpu-image", "registry.example/campseg-cuda:1.2.3", "--scratch-size", ""]) == 0
     loaded = components.load_component_from_file(str(path))
     out = tmp_path_factory.mktemp("yaml_run") / "run"
     run_local({"dataset_uri": str(small_dataset), **LOCAL_RUN}, out, pipeline_func=loaded)
