@@ -38,7 +38,7 @@ def docker_settings(image: str) -> ClusterSettings:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Failed))):\s*(.*)$")
+_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Failed|Unavailable))):\s*(.*)$")
 
 
 class LocalRunFailed(RuntimeError):

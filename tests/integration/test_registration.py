@@ -113,7 +113,7 @@ def test_a_retry_after_the_version_was_created_reuses_it(mlflow_server, trained_
     assert tracking.register_model(uri, run_id, name, trained_run) == created
     assert versions_of(client, name) == [created]
     assert client.get_run(run_id).data.tags["registered_model.version"] == created
-    assert client.get_model_version(name, created).description.startswith(f"campseg run {run_id}")
+    assert f"MLflow run {run_id}" in client.get_model_version(name, created).description
 
 
 def test_a_retry_of_the_kfp_run_finds_its_version(mlflow_server, trained_run, client, name):
