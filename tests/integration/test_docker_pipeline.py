@@ -102,7 +102,7 @@ def test_whole_compiled_pipeline_in_the_image_matches_the_subprocess_run(
     client = mlflow_client(mlflow_server)
     run = client.get_run(in_image["mlflow"]["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["test_iou"] == pytest.approx(in_image["test_metrics"]["iou"], abs=1e-9)
+    assert run.data.metrics["test/iou"] == pytest.approx(in_image["test_metrics"]["iou"], abs=1e-9)
     version = client.get_model_version(in_image_name, in_image["mlflow"]["model_version"])
     assert version.run_id == run.info.run_id and version.status == "READY"
     assert client.get_model_version_by_alias(in_image_name, "champion").version == version.version

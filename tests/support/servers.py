@@ -165,7 +165,9 @@ class SeaweedS3(_ServerProcess):
             # glog files would land in $TMPDIR (/tmp) otherwise
             find_weed(), f"-logdir={logs}", "server", "-s3",
             "-dir", str(data), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
-            "-volume.max=100", "-master.volumeSizeLimitMB=64",
+            # Each bucket is a collection that takes 7 volumes on its first write: 100 volumes ran
+            # out after 14 buckets, and one server serves the whole suite's buckets.
+            "-volume.max=1000", "-master.volumeSizeLimitMB=64",
             "-master.telemetry=false",
             # weed creates a missing bucket on upload for admin identities by default; real S3
             # and MinIO refuse, and the tests of "missing bucket" need the refusal.
