@@ -6,6 +6,10 @@ machines: the base image is made locally with ``docker/make_base_image.sh`` (deb
 the dependencies come from ``./wheelhouse`` (``docker/make_wheelhouse.sh``), so the build runs
 with ``--network none``.
 
+The build holds a file lock, so ``.ci/run`` can start it early in the background
+(``python -m tests.support.docker_image``) while other tests run: the fixture then waits for that
+build and finds every layer in the engine's cache.
+
 Environment:
     CAMPSEG_TEST_IMAGE   use this existing image instead of building one.
     CAMPSEG_WHEELHOUSE   wheel folder (default <repo>/wheelhouse; made when missing).
@@ -13,6 +17,8 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -63,10 +69,25 @@ def run_script(script: str, *args: str, timeout: int = 900) -> None:
     print(f"{script}: {time.monotonic() - start:.0f} s")
 
 
+@contextlib.contextmanager
+def build_lock():
+    """One image build at a time on this checkout (the background build of .ci/run, the fixture)."""
+    path = REPO / ".cache" / "test-image.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def build_test_image(client) -> str:
     """The CPU image, built from docker/Dockerfile through docker/build_images.py, offline."""
     if os.environ.get("CAMPSEG_TEST_IMAGE"):
         return os.environ["CAMPSEG_TEST_IMAGE"]
+    with build_lock():
+        return _build_test_image(client)
+
+
+def _build_test_image(client) -> str:
     import docker
 
     try:
@@ -84,3 +105,9 @@ def build_test_image(client) -> str:
     size = client.images.get(TEST_TAG).attrs["Size"]
     print(f"built {TEST_TAG} in {time.monotonic() - start:.0f} s, {size / 1e9:.2f} GB")
     return TEST_TAG
+
+
+if __name__ == "__main__":  # .ci/run's early background build
+    import docker
+
+    print(build_test_image(docker.from_env(timeout=600)))
