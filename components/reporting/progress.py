@@ -34,12 +34,16 @@ def duration_text(seconds: float) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
-def stage_text(index: int, total: int, name: str, seconds: float | None = None, failed: bool = False) -> str:
-    """``[3/7] train ...`` (started), ``[3/7] train ... done in 42.1 s`` or ``... failed after 3.0 s``."""
-    text = f"[{index}/{total}] {name} ..."
-    if seconds is None:
-        return text
-    return text + (f" failed after {duration_text(seconds)}" if failed else f" done in {duration_text(seconds)}")
+def stage_text(index: int, total: int | None, name: str, seconds: float | None = None, failed: bool = False) -> str:
+    """``[3/7] train ...`` (started), ``[3/7] train ... done in 42.1 s`` or ``... failed after 3.0 s``
+    (``[3] train ...`` when the total is unknown)."""
+    text = f"[{index}/{total}] {name} ..." if total else f"[{index}] {name} ..."
+    return text if seconds is None else text + stage_end(seconds, failed)
+
+
+def stage_end(seconds: float, failed: bool = False) -> str:
+    """What a stage line ends with: `` done in 42.1 s`` or `` failed after 3.0 s``."""
+    return f" failed after {duration_text(seconds)}" if failed else f" done in {duration_text(seconds)}"
 
 
 class StageLines:
