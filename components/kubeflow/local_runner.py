@@ -297,5 +297,5 @@ def print_summary(summary: dict, output_dir: Path) -> None:
         print(summary["mlflow"]["registration"].strip())
         print(f"MLflow: {summary['mlflow']['tracking_uri']} (mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']})")
     if "kfp_local_log" in summary:
-        print(f"Log:     {summary['kfp_local_log']} (kfp.local and every step's output)")
+        print(f"Log:     {Path(output_dir) / LOCAL_LOG} (kfp.local and every step's output)")
     print(f"Summary: {Path(output_dir) / 'summary.json'}")
