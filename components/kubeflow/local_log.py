@@ -72,12 +72,10 @@ class RunLog:
     def isatty(self) -> bool:
         return False
 
-    def fileno(self) -> int:  # a library writing to the descriptor writes into the log
-        return self.log.fileno()
-
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
+    def __getattr__(self, name: str):  # fileno, buffer, encoding...: the log file's (bytes go there)
+        if name == "log":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.log, name)
 
     # -- step lines
     def _event(self, line: str) -> None:
