@@ -181,6 +181,9 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
                         help="--run-local: each step in this Python environment (subprocess), or in the CPU "
                              "image (--image, default the recorded one) with kfp.local's DockerRunner, on the "
                              "host network with the S3/MLflow variables of this environment (docker)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="--run-local: show kfp.local's own lines and every step's output as they come "
+                             "(always kept in the run folder's kfp-local.log; without it, one line per step)")
     parser.add_argument("--host", default=None, help="KFP API URL for --submit (default: $KF_PIPELINES_ENDPOINT)")
     parser.add_argument("--namespace", default=None,
                         help="Kubeflow profile namespace of --submit (multi-user Kubeflow): the experiment, the "
@@ -267,7 +270,8 @@ def run_local_command(args: argparse.Namespace, build_pipeline: PipelineFactory,
             raise ParameterError("--runner docker needs --image REF (the CPU image, e.g. built by --build-images)")
         docker_image = args.image
     settings = LOCAL_SETTINGS if docker_image is None else docker_settings(docker_image)
-    summary = run_local(arguments, args.output_dir, build_pipeline(settings), docker_image=docker_image)
+    summary = run_local(arguments, args.output_dir, build_pipeline(settings), docker_image=docker_image,
+                        verbose=args.verbose)
     print_summary(summary, args.output_dir)
 
 

@@ -193,6 +193,7 @@ def run_all(args: argparse.Namespace) -> dict:
     """The whole chain on one run folder; returns the summary."""
     from components.contracts.naming import check_model_name
     from components.data.sample_data import generate_sample_dataset
+    from components.reporting.progress import StageLines
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
     from components.stages.export import export_models
@@ -205,19 +206,28 @@ def run_all(args: argparse.Namespace) -> dict:
     check_stac_options(**stac_options)
     config = _config(args)
     # The whole chain holds the run folder: checked, locked and marked before anything is written.
+    # Each stage prints its [i/n] start and end lines on stderr.
     with open_output(args.out, "all", data_dir=args.data):
         data = args.data
+        lines = StageLines(6 if data is not None else 7)
         if data is None:
-            data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
+            with lines.stage("sample-data"):
+                data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
         ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
-        compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed,
-                           args.threshold, fingerprint=_fingerprint(data), nodata=args.nodata,
-                           max_pixels_per_image=args.max_pixels, class_name=args.class_name)
-        train(args.out, config, data)
-        export_models(args.out, data)
-        evaluate_run(args.out, data)
-        package_dlpk(args.out, args.model_name)
-        build_stac_item(args.out, args.model_name, **stac_options)
+        with lines.stage("stats"):
+            compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed,
+                               args.threshold, fingerprint=_fingerprint(data), nodata=args.nodata,
+                               max_pixels_per_image=args.max_pixels, class_name=args.class_name)
+        with lines.stage("train"):
+            train(args.out, config, data)
+        with lines.stage("export"):
+            export_models(args.out, data)
+        with lines.stage("evaluate"):
+            evaluate_run(args.out, data)
+        with lines.stage("dlpk"):
+            package_dlpk(args.out, args.model_name)
+        with lines.stage("stac"):
+            build_stac_item(args.out, args.model_name, **stac_options)
         return read_json(RunLayout(args.out).summary)
 
 
@@ -301,9 +311,12 @@ def dispatch(args: argparse.Namespace) -> dict | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the stage; a failure ends in one ``error:`` line: exit 2 for bad input or a stage's
-    refusal (including a path that cannot be written), 1 for anything unexpected."""
+    """Run the stage; its result (JSON) is all that reaches stdout, its progress goes to stderr.
+
+    A failure ends in one ``error:`` line: exit 2 for bad input or a stage's refusal (including a
+    path that cannot be written), 1 for anything unexpected."""
     from components.cli.common import DEBUG_FLAG, DEBUG_HELP, check_numbers, pop_debug, report
+    from components.reporting.progress import StageLines, stdout_to_stderr
 
     argv, debug = pop_debug(argv)
     parser = build_parser()
@@ -311,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_numbers(args, seeds=("seed",), nan_allowed=("nodata",))  # --nodata nan is a value
-        result = dispatch(args)
+        with stdout_to_stderr():  # what the stages and their libraries print is progress, not result
+            if args.stage == "all":  # numbers its stages itself
+                result = dispatch(args)
+            else:
+                with StageLines(1, announce=False).stage(args.stage):
+                    result = dispatch(args)
         if result is not None:
             print(json.dumps(result, indent=2, default=str))
     except Exception as exc:  # noqa: BLE001 - every failure ends in one error line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from components.contracts.errors import DatasetError, RunFolderError
@@ -27,6 +28,7 @@ from components.ml.scoring import Predictor, onnx_predictor, score
 from components.reporting.examples import ChipScores
 from components.reporting.figures import save_confusion_matrix, save_overlay, save_training_curves
 from components.reporting.html_report import evaluation_html
+from components.reporting.progress import ProgressLine
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None,
@@ -83,7 +85,7 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
     predictor = predictor or onnx_predictor(layout.onnx, prep)
     chips = ChipScores(prep)
     trained_sizes = [tuple(size) for size in stats.get("source_sizes") or []]
-    values, _ = score(pairs, predictor, prep, trained_sizes=trained_sizes, on_chip=chips)
+    values, _ = score(pairs, predictor, prep, trained_sizes=trained_sizes, on_chip=_counting(chips, len(pairs)))
     values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
     values["lineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
     if out_dir is not None:
@@ -115,6 +117,19 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
         test_metrics={k: values[k] for k in METRIC_NAMES},
     )
     return values
+
+
+def _counting(chips: ChipScores, total: int):
+    """``chips``, also drawing the scoring's progress line on stderr."""
+    progress = ProgressLine("evaluate: scoring", unit="chips")
+    started, seen = time.monotonic(), 0
+
+    def on_chip(pair, mask, probabilities) -> None:
+        nonlocal seen
+        chips(pair, mask, probabilities)
+        seen += 1
+        progress(seen, total, time.monotonic() - started)
+    return on_chip
 
 
 def _figures(folder: Path, layout: RunLayout, values: dict, stats: dict, prep: Preprocessing,

@@ -26,6 +26,7 @@ from components.data.manifest import write_manifest
 from components.data.pairs import SPLITS, Pair, find_pairs, read_pair
 from components.data.scenes import bounds_gsd
 from components.data.splits import SplitRatios, assign_splits, group_keys
+from components.reporting.progress import ProgressLine, counted
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _survey(pairs: list[Pair], data_dir: Path, nodata: float | None, limit: int)
     """
     bounds: dict[str, tuple | None] = {}
     dtypes, sizes, problems, nodata_values, alpha, gsd = set(), set(), [], set(), 0, []
-    for pair in pairs:
+    for pair in counted(pairs, ProgressLine("statistics: checking", unit="chips")):
         try:
             checked = read_pair(pair, nodata, limit)
         except DatasetError as exc:
@@ -163,7 +164,7 @@ def _accumulate(pairs: list[Pair], max_value: float, nodata: float | None = None
                 histogram: bool = False) -> dict[str, _Accumulator]:
     """Pass 2: running sums per split; only train pixels (with data) enter the normalisation."""
     acc = {s: _Accumulator() for s in SPLITS}
-    for pair in pairs:
+    for pair in counted(pairs, ProgressLine("statistics: summing", unit="chips")):
         checked = read_pair(pair, nodata, limit)
         train = pair.split == "train"
         chip01 = checked.chip.pixels.astype(np.float64) / max_value if train else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +27,9 @@ from components.contracts.run_layout import (
 )
 from components.data.manifest import read_manifest
 from components.ml.metrics import MONITOR, EpochListener, best_row
+from components.ml.progress_bar import StderrProgressBar
 from components.ml.task import ChipDataset, HistoryCallback, SegmentationTask
+from components.reporting.progress import EpochLines
 
 
 def _utc_iso(timestamp: float) -> str:
@@ -52,8 +55,19 @@ def _loaders(by_split: dict[str, list], prep: Preprocessing, config: TrainConfig
     return train_loader, DataLoader(val_ds, batch_size=config.batch_size, **workers)
 
 
-def _trainer(config: TrainConfig, callbacks: list[Callback], logger: Any, progress_bar: bool) -> L.Trainer:
-    """A Lightning trainer that stops early on the monitored metric."""
+def _progress(config: TrainConfig, progress_bar: bool) -> tuple[list[Callback], list[EpochListener]]:
+    """Training's progress, on stderr: Lightning's bar on a terminal, else one line per epoch."""
+    if not progress_bar:
+        return [], []
+    if sys.stderr.isatty():
+        return [StderrProgressBar()], []
+    return [], [EpochLines(config.epochs)]
+
+
+def _trainer(config: TrainConfig, callbacks: list[Callback], logger: Any) -> L.Trainer:
+    """A Lightning trainer that stops early on the monitored metric; its bar only when ``callbacks``
+    hold one."""
+    progress_bar = any(isinstance(c, StderrProgressBar) for c in callbacks)
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator="auto",
@@ -87,7 +101,8 @@ def train(
         callbacks: extra Lightning callbacks (e.g. a throughput timer).
         listeners: told of the fit's start, each epoch's row and its end (e.g. a tracker).
         logger: a Lightning logger or False.
-        progress_bar: show Lightning's progress bar.
+        progress_bar: show progress on stderr: Lightning's bar on a terminal, else a line per
+            epoch.
 
     Returns:
         A summary: best epoch, best val IoU, epochs run, seconds, images per second.
@@ -116,8 +131,9 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
     partial_dir = layout.checkpoint.parent / ".partial"
     shutil.rmtree(partial_dir, ignore_errors=True)
     checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
-    history = HistoryCallback(listeners)
-    trainer = _trainer(config, [checkpoint, history, *callbacks], logger, progress_bar)
+    bars, lines = _progress(config, progress_bar)
+    history = HistoryCallback([*listeners, *lines])
+    trainer = _trainer(config, [checkpoint, history, *bars, *callbacks], logger)
     started = time.time()
     try:
         trainer.fit(task, train_loader, val_loader)

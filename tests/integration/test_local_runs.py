@@ -129,3 +129,56 @@ def test_concurrent_run_local_into_one_folder(small_dataset, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert (out / summary["dlpk"]).is_file() and not (out / ".campseg.lock").exists()
     assert json.loads((out / ".campseg-run.json").read_text())["statistics"].startswith("sha256:")
+
+
+# ------------------------------------------------------------------ issue 13: a quiet console
+def test_run_local_prints_a_line_per_step_and_keeps_everything_in_its_log(small_dataset, tmp_path):
+    import re
+
+    from tests.support.cli import run_pipeline
+
+    out = tmp_path / "run"
+    proc = run_pipeline("--run-local", "--dataset-uri", str(small_dataset), "--output-dir", str(out), *TINY_FLAGS,
+                        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout.splitlines() + proc.stderr.splitlines()
+    assert len(console) <= 60, "\n".join(console)
+    steps = re.findall(r"^\[(\d+)/11\] ([\w-]+) \.\.\. done in [\d.]+ s", proc.stderr, re.M)
+    assert [int(i) for i, _ in steps] == list(range(1, 12)) and {s for _, s in steps} == set(pipeline.STEPS)
+    assert proc.stderr.strip().splitlines() == [line for line in proc.stderr.strip().splitlines()
+                                                if re.match(r"\[\d+/11\] ", line)], proc.stderr  # nothing else
+    summary = json.loads((out / "summary.json").read_text())
+    log = Path(summary["kfp_local_log"])
+    assert log == out / "kfp-local.log" and f"Log:     {log}" in proc.stdout
+    text = log.read_text()
+    for step in pipeline.STEPS:  # kfp.local's own lines, its warnings and each step's output: in the log only
+        assert f"Executing task '{step}'" in re.sub(r"\x1b\[[0-9;]*m", "", text), step
+    assert text.count("Got executor_input:") == 11 and text.count("Streamed logs:") == 11  # (warnings: off in tests)
+    assert "train: epoch 1/1" in text
+    assert "executor_input" not in proc.stdout + proc.stderr and "Warning" not in proc.stdout + proc.stderr
+
+
+def test_a_failed_run_local_shows_the_steps_log_tail_and_the_log(tmp_path):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.support.cli import error_line, run_pipeline
+    from tests.support.datasets import make_dataset
+
+    data = make_dataset(tmp_path / "data")
+    for label in (data / "labels").iterdir():  # no camp pixel anywhere: the statistics step refuses it
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(label)
+    out = tmp_path / "run"
+    proc = run_pipeline("--run-local", "--dataset-uri", str(data), "--output-dir", str(out), *TINY_FLAGS)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert len(proc.stdout.splitlines() + proc.stderr.splitlines()) <= 60, proc.stderr
+    assert re.search(r"^\[4/11\] dataset-statistics \.\.\. failed after [\d.]+ s$", proc.stderr, re.M), proc.stderr
+    log = out / "kfp-local.log"
+    head = f"--- the last \\d+ lines of step dataset-statistics's log \\(all of it in {re.escape(str(log))}\\) ---"
+    tail = proc.stderr[re.search(head, proc.stderr).end():]
+    assert "statistics: summing:" in tail and "(traceback in the log file)" in tail
+    assert re.search(r"^components\.contracts\.errors\.DatasetError: .*no mask of the train split", tail, re.M)
+    error_line(proc, "step dataset-statistics failed: DatasetError", "no mask of the train split", single=False)
+    assert "Traceback (most recent call last):" in log.read_text()  # the whole traceback: in the log
