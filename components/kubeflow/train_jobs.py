@@ -239,9 +239,9 @@ _FINAL = {"trainjob": ("Complete", "Failed"), "pytorchjob": ("Succeeded", "Faile
 
 
 def job_state(kind: str, job: Mapping[str, Any]) -> JobState:
-    """The state of a TrainJob or PyTorchJob from its ``status.conditions`` (true ones only): a
-    final condition wins; a PyTorchJob's ``Running`` (or a TrainJob with any condition but
-    ``Suspended``) is running; anything else, e.g. no status yet or a suspended job, pending."""
+    """The state of a TrainJob or PyTorchJob from its ``status``: a final condition (true ones
+    only) wins; a PyTorchJob's ``Running`` or ``Restarting``, or a TrainJob with an active child
+    Job (``jobsStatus``), is running; anything else, e.g. no status yet or a suspended job, pending."""
     conditions = [c for c in ((job.get("status") or {}).get("conditions") or []) if c.get("status") == "True"]
     succeeded, failed = _FINAL[kind]
     for c in conditions:
@@ -254,6 +254,7 @@ def job_state(kind: str, job: Mapping[str, Any]) -> JobState:
     if "Suspended" in types:
         return JobState("pending", "Suspended", next(c.get("message", "") for c in conditions
                                                      if c.get("type") == "Suspended"))
-    if kind == "pytorchjob" and ({"Running", "Restarting"} & types) or kind == "trainjob" and types:
+    active = any(j.get("active") for j in (job.get("status") or {}).get("jobsStatus") or [])
+    if kind == "pytorchjob" and ({"Running", "Restarting"} & types) or kind == "trainjob" and active:
         return JobState("running")
     return JobState("pending")
