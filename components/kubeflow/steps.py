@@ -189,7 +189,7 @@ def run_train_job(dataset_uri: str, statistics_dir: str, training_dir: str, conf
     """
     from components.kubeflow.job_launcher import JobLauncher, TrainJobFailed, in_cluster, run_job
     from components.kubeflow.train_jobs import JobSettings, job_manifest, job_name, node_command, train_flags
-    from components.storage import download_prefix, is_s3_uri, join_uri, upload_dir
+    from components.storage import download_prefix, is_s3_uri, join_uri, list_objects, upload_dir
 
     settings = JobSettings.from_json(job).check()
     if not is_s3_uri(dataset_uri):
@@ -204,11 +204,13 @@ def run_train_job(dataset_uri: str, statistics_dir: str, training_dir: str, conf
     manifest = job_manifest(name, namespace, kfp_run_id, command, settings)
     launcher = JobLauncher(api_client, namespace, settings.kind)
     run_job(launcher, manifest, settings.timeout_s, settings.poll_s)
+    run_uri = join_uri(work, "run")
     with staged_run(statistics=statistics_dir) as (layout, _):
-        download_prefix(join_uri(work, "run"), layout.root)
+        if list_objects(run_uri):
+            download_prefix(run_uri, layout.root)
         missing = [e for e in ARTIFACT_FILES["training"] if not (layout.root / e.rstrip("/")).exists()]
         if missing:
-            raise TrainJobFailed(f"{launcher.describe(name)} succeeded but {join_uri(work, 'run')} lacks "
+            raise TrainJobFailed(f"{launcher.describe(name)} succeeded but {run_uri} lacks "
                                  f"{', '.join(missing)}: node 0 did not upload the run folder (see its log)")
         collect(layout, "training", training_dir)
         return read_json(layout.history)["summary"]

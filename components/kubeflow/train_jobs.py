@@ -124,12 +124,14 @@ def torchrun_command(env: Mapping[str, str], nodes: int, procs_per_node: int, tr
 
     A TrainJob sets ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT``; a PyTorchJob
     sets ``PET_NODE_RANK`` (older operators only ``RANK``), ``MASTER_ADDR`` and ``MASTER_PORT``.
+    The ``--`` keeps torchrun from reading the train flags as its own (``--run`` would be taken
+    for an abbreviation of its ``--run-path``).
     """
     rank = env.get("PET_NODE_RANK") or env.get("RANK") or "0"
     addr = env.get("PET_MASTER_ADDR") or env.get("MASTER_ADDR") or "127.0.0.1"
     port = env.get("PET_MASTER_PORT") or env.get("MASTER_PORT") or "29500"
     return ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={procs_per_node}", f"--node-rank={rank}",
-            f"--master-addr={addr}", f"--master-port={port}", "-m", "components", "train", *train_args]
+            f"--master-addr={addr}", f"--master-port={port}", "-m", "--", "components", "train", *train_args]
 
 
 def container_env(s: JobSettings) -> list[dict]:

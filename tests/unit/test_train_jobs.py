@@ -130,7 +130,7 @@ def test_torchrun_takes_the_rendezvous_of_either_engine():
         cmd = torchrun_command(env, 2, 4, ["--run", "/r"])
         assert cmd[:6] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "--node-rank=1",
                            f"--master-addr={addr}", f"--master-port={port}"]
-        assert cmd[6:] == ["-m", "components", "train", "--run", "/r"]
+        assert cmd[6:] == ["-m", "--", "components", "train", "--run", "/r"]
 
 
 def test_job_name_is_a_dns_label_after_the_run():
