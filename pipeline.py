@@ -51,7 +51,8 @@ STEPS = {
 #: ``--train-nodes N`` (N > 1): the training step submits a TrainJob/PyTorchJob, waits for it and
 #: collects its run folder (``components/kubeflow/train_jobs.py``); it holds no GPU itself. The job's
 #: nodes get the GPU image, ``train-model``'s resources (or --resources train-model=...) and its GPUs.
-TRAIN_JOB_STEP = Step("cpu", "any", False, True, True, True, Resources("500m", "2", "2Gi", "8Gi"),
+#: Not cached: its inputs include the KFP run id (the job is named after the run).
+TRAIN_JOB_STEP = Step("cpu", "any", False, False, True, True, Resources("500m", "2", "2Gi", "8Gi"),
                       component="train_model_job")
 
 

@@ -46,6 +46,7 @@ def test_n_nodes_launch_a_job_from_a_step_that_holds_no_gpu(tmp_path, kind):
     assert container["resources"]["resourceMemoryLimit"] == pipeline.TRAIN_JOB_STEP.resources.memory_limit
     assert "nodeSelector" not in executor_config(platform, name)
     assert task["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert not task.get("cachingOptions", {}).get("enableCache")  # named after the run: never a cache hit
     job = job_of(task)
     assert (job.kind, job.nodes, job.gpus_per_node, job.image, job.timeout_s) == (
         kind, 2, 4, "registry.example/campseg-cuda:1", 6 * 3600)

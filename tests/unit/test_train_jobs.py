@@ -250,3 +250,11 @@ def test_api_refusals_are_named_and_an_unreachable_api_is_transient():
     gone.api.api_client.configuration.retries = 0
     with pytest.raises(TransientError, match="did not answer"):
         gone.state(m["metadata"]["name"])
+
+
+def test_outside_a_pod_the_launcher_says_it_needs_a_cluster(monkeypatch):
+    from components.kubeflow.job_launcher import in_cluster
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(TrainJobFailed, match="runs only on a cluster"):
+        in_cluster()
