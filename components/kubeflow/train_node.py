@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from components.contracts.run_layout import ARTIFACT_FILES
-    from components.kubeflow.steps import SPLITS_READ, scratch_dir, staged_run
-    from components.kubeflow.train_jobs import torchrun_command
-    from components.storage import download_prefix, join_uri, upload_dir, upload_file
+    """Parse the node's flags (the train flags after ``--``), stage the statistics, train; the exit status."""
+    from components.kubeflow.steps import scratch_dir
+    from components.storage import download_prefix
 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -34,8 +34,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--procs-per-node", type=int, required=True)
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
 
-    statistics = scratch_dir() / "statistics"
-    download_prefix(args.statistics_uri, statistics)
+    inputs = scratch_dir()
+    try:
+        statistics = download_prefix(args.statistics_uri, inputs / "statistics")
+        return _train(args, flags, statistics)
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)
+
+
+def _train(args: argparse.Namespace, flags: Sequence[str], statistics) -> int:
+    """Train under torchrun on the staged run folder; node 0 uploads the training files."""
+    from components.contracts.run_layout import ARTIFACT_FILES
+    from components.kubeflow.steps import SPLITS_READ, staged_run
+    from components.kubeflow.train_jobs import torchrun_command
+    from components.storage import join_uri, upload_dir, upload_file
+
     with staged_run(args.dataset_uri, splits=SPLITS_READ["train"], statistics=statistics) as (layout, data):
         command = torchrun_command(os.environ, args.nodes, args.procs_per_node,
                                    ["--run", str(layout.root), "--data", str(data), *flags])
