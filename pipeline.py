@@ -19,7 +19,7 @@ from components.cli.pipeline import main as run_cli
 from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
 from components.data.splits import SplitRatios
-from components.kubeflow.cluster import ClusterSettings, Resources, Step, step_factory
+from components.kubeflow.cluster import ClusterSettings, Resources, Step, step_factory, train_job_settings
 from components.kubeflow.submission import compile_package
 from components.tracking.promotion import CHAMPION_ALIAS
 
@@ -48,10 +48,27 @@ STEPS = {
     "end-tracking":        Step("cpu", "any", False, False, False, False,   Resources("250m", "1", "512Mi", "1Gi")),
 }
 
+#: ``--train-nodes N`` (N > 1): the training step submits a TrainJob/PyTorchJob, waits for it and
+#: collects its run folder (``components/kubeflow/train_jobs.py``); it holds no GPU itself. The job's
+#: nodes get the GPU image, ``train-model``'s resources (or --resources train-model=...) and its GPUs.
+#: Not cached: its inputs include the KFP run id (the job is named after the run).
+TRAIN_JOB_STEP = Step("cpu", "any", False, False, True, True, Resources("500m", "2", "2Gi", "8Gi"),
+                      component="train_model_job")
+
+
+def train_step(settings: ClusterSettings) -> tuple[dict[str, Step], dict]:
+    """The step table for ``settings`` and the extra inputs of its training step (none on one node)."""
+    if settings.train_nodes <= 1:
+        return STEPS, {}
+    job = train_job_settings(settings, settings.resources.get("train-model", STEPS["train-model"].resources))
+    return {**STEPS, "train-model": TRAIN_JOB_STEP}, {"job": job.to_json(),
+                                                       "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+
 
 def build_pipeline(settings: ClusterSettings = ClusterSettings()):
     """The pipeline function, each step on its image with its policy and ``settings`` applied."""
-    step = step_factory(STEPS, settings)
+    steps, train_job = train_step(settings)
+    step = step_factory(steps, settings)
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def camp_segmentation_training(
@@ -147,7 +164,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                     learning_rate=train_learning_rate, weight_decay=train_weight_decay,
                     lr_schedule=train_lr_schedule, augment=train_augment, epochs=train_epochs,
                     batch_size=train_batch_size, patience=train_patience, seed=split_seed, precision=train_precision,
-                    mlflow_run_id=tracking.output,
+                    mlflow_run_id=tracking.output, **train_job,
                 ).outputs["training"]
                 models = step("export-model", dataset_uri=dataset_uri, statistics=statistics,
                               training=training).outputs["models"]

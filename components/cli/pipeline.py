@@ -146,7 +146,10 @@ def settings_from_args(args: argparse.Namespace, steps: Mapping[str, Step]) -> C
                         storage_secret=args.storage_secret.strip(), config_map=args.config_map.strip(),
                         mlflow_secret=args.mlflow_secret.strip(), retries=args.retries, backoff=args.retry_backoff,
                         pod_retries=args.pod_retries, scratch_size=args.scratch_size.strip(),
-                        scratch_volume=args.scratch_volume, scratch_storage_class=args.scratch_storage_class.strip())
+                        scratch_volume=args.scratch_volume, scratch_storage_class=args.scratch_storage_class.strip(),
+                        train_nodes=args.train_nodes, train_gpus_per_node=args.train_gpus_per_node,
+                        train_job_kind=args.train_job_kind, train_runtime=args.train_runtime.strip(),
+                        train_job_prefix=args.train_job_prefix.strip(), train_job_timeout=args.train_job_timeout)
     s.gpu_node_selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else None
     if args.gpu_toleration:
         parts = args.gpu_toleration.split(":")
@@ -254,6 +257,23 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     cluster.add_argument("--scratch-storage-class", default=d.scratch_storage_class,
                          help="StorageClass of the ephemeral scratch volume (default: the cluster's default)")
     cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
+    cluster.add_argument("--train-nodes", type=int, default=d.train_nodes,
+                         help="nodes of the training (default: %(default)s). N > 1: the training step submits a "
+                              "Kubeflow Trainer TrainJob (or --train-job-kind pytorchjob) of N nodes, waits for it "
+                              "and collects its run folder from --train-job-prefix (see docs/cluster.md)")
+    cluster.add_argument("--train-gpus-per-node", type=int, default=d.train_gpus_per_node,
+                         help="GPUs of each training node with --train-nodes N > 1 (default: --accelerator-count)")
+    cluster.add_argument("--train-job-kind", choices=("trainjob", "pytorchjob"), default=d.train_job_kind,
+                         help="trainjob: Kubeflow Trainer v2 (trainer.kubeflow.org/v1alpha1, default); pytorchjob: "
+                              "the Training Operator v1 (kubeflow.org/v1) of older installs")
+    cluster.add_argument("--train-runtime", default=d.train_runtime,
+                         help="ClusterTrainingRuntime of the TrainJob (default: %(default)s)")
+    cluster.add_argument("--train-job-prefix", default=d.train_job_prefix, metavar="s3://BUCKET/PREFIX/",
+                         help="with --train-nodes N > 1: where the job's inputs and run folder go, as "
+                              "PREFIX/<job name>/ (the storage Secret must reach it)")
+    cluster.add_argument("--train-job-timeout", default=d.train_job_timeout,
+                         help="how long the training step waits for the job, e.g. 90m or 24h (default: "
+                              "%(default)s); the job's activeDeadlineSeconds too")
     parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     add_parameter_flags(parser, pipeline_func)
     return parser

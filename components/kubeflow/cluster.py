@@ -16,6 +16,8 @@ from kfp import dsl, kubernetes
 from components.contracts.errors import ParameterError
 from components.kubeflow.components import make_components
 from components.kubeflow.retries import BACKOFF_ENV, RETRIES_ENV
+from components.kubeflow.train_jobs import API as JOB_KINDS
+from components.kubeflow.train_jobs import JobSettings
 
 #: The oldest KFP backend the compiled pipeline runs on: its driver and Argo compiler parse each
 #: step's Kubernetes config with the kfp-kubernetes protos of the same release and reject (2.15)
@@ -62,6 +64,9 @@ class Step:
             failures in-process (``--retries``); with ``--pod-retries`` KFP also reruns its pod.
         scratch: the step downloads data: it gets the scratch volume at :data:`SCRATCH_MOUNT`.
         resources: the default CPU and memory (``--resources`` overrides them).
+        component: the component the step runs (default: its name with ``_``); a row with its own
+            component keeps its resources (the multi-node job launcher: ``--resources train-model``
+            then sizes the job's nodes).
     """
 
     image: Literal["cpu", "gpu"]
@@ -71,6 +76,7 @@ class Step:
     retry: bool
     scratch: bool
     resources: Resources
+    component: str = ""
 
     def __post_init__(self):
         if self.gpu and (self.pool != "gpu" or self.image != "gpu"):
@@ -104,6 +110,12 @@ class ClusterSettings:
     scratch_volume: Literal["ephemeral", "empty-dir"] = "ephemeral"
     scratch_storage_class: str = ""  # ephemeral only; empty: the cluster's default StorageClass
     resources: dict[str, Resources] = field(default_factory=dict)  # per step: overrides the table's
+    train_nodes: int = 1  # > 1: the training step submits a multi-node TrainJob/PyTorchJob
+    train_gpus_per_node: int = 0  # GPUs of each job node; 0: accelerator_count
+    train_job_kind: str = "trainjob"  # trainjob (Kubeflow Trainer v2) or pytorchjob (Training Operator v1)
+    train_runtime: str = "torch-distributed"  # ClusterTrainingRuntime of a TrainJob
+    train_job_prefix: str = ""  # s3://bucket/prefix/ the job's inputs and run folder go under
+    train_job_timeout: str = "24h"  # how long the step waits for the job
 
     def check(self) -> "ClusterSettings":
         """Refuse settings no cluster can run: no image, a GPU request without the CUDA image, bad values.
@@ -140,6 +152,18 @@ class ClusterSettings:
                                  "20Gi, or '' for no scratch volume")
         if self.scratch_volume not in ("ephemeral", "empty-dir"):
             raise ParameterError(f"--scratch-volume {self.scratch_volume!r}: choose ephemeral or empty-dir")
+        if self.train_nodes < 1:
+            raise ParameterError(f"--train-nodes {self.train_nodes}: must be >= 1")
+        if self.train_job_kind not in JOB_KINDS:
+            raise ParameterError(f"--train-job-kind {self.train_job_kind!r}: choose {' or '.join(JOB_KINDS)}")
+        if self.train_nodes > 1:
+            if self.accelerator_count <= 0:
+                raise ParameterError(f"--train-nodes {self.train_nodes} with --accelerator-count 0: multi-node "
+                                     "training runs on GPU nodes")
+            train_job_settings(self, Resources("1", "1", "1Gi", "1Gi")).check()
+        elif self.train_gpus_per_node or self.train_job_prefix:
+            raise ParameterError("--train-gpus-per-node and --train-job-prefix go with --train-nodes N (N > 1); "
+                                 "a single-node step trains on --accelerator-count GPUs")
         return self
 
 
@@ -149,6 +173,29 @@ def backoff_seconds(text: str) -> float:
     if not match:
         raise ParameterError(f"--retry-backoff {text!r}: expected seconds such as 10s or 2m")
     return float(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def duration_seconds(text: str, flag: str) -> float:
+    """A duration such as ``90s``, ``30m``, ``24h`` or plain seconds, in seconds."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)?", text.strip())
+    if not match:
+        raise ParameterError(f"{flag} {text!r}: expected a duration such as 90s, 30m or 24h")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+
+
+def train_job_settings(s: ClusterSettings, resources: Resources) -> JobSettings:
+    """The multi-node job of ``s``: its nodes run the GPU image with ``resources`` each, the GPU
+    pool's placement, and the steps' Secret and ConfigMap references and retry settings."""
+    return JobSettings(
+        kind=s.train_job_kind, nodes=s.train_nodes, gpus_per_node=s.train_gpus_per_node or s.accelerator_count,
+        image=s.gpu_image, accelerator_type=s.accelerator_type, runtime=s.train_runtime,
+        work_prefix=s.train_job_prefix, timeout_s=int(duration_seconds(s.train_job_timeout, "--train-job-timeout")),
+        cpu=(resources.cpu_request, resources.cpu_limit), memory=(resources.memory_request, resources.memory_limit),
+        node_selector=s.gpu_node_selector, toleration=s.gpu_toleration,
+        storage_secret=s.storage_secret, secret_env=SECRET_ENV, config_map=s.config_map, config_env=CONFIG_ENV,
+        mlflow_secret=s.mlflow_secret, mlflow_env=MLFLOW_SECRET_ENV, scratch_size=s.scratch_size,
+        extra_env={RETRIES_ENV: str(s.retries), BACKOFF_ENV: str(backoff_seconds(s.backoff))},
+    )
 
 
 def on_gpu_pool(task: dsl.PipelineTask, s: ClusterSettings) -> None:
@@ -203,7 +250,7 @@ def with_scratch(task: dsl.PipelineTask, s: ClusterSettings) -> None:
 def configure(task: dsl.PipelineTask, name: str, step: Step, s: ClusterSettings) -> dsl.PipelineTask:
     """Apply the policy ``step`` and the cluster settings to the task of step ``name``."""
     task.set_display_name(name)
-    r = s.resources.get(name, step.resources)
+    r = step.resources if step.component else s.resources.get(name, step.resources)
     task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
     task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
     place(task, step, s)
@@ -226,7 +273,7 @@ def step_factory(steps: Mapping[str, Step], s: ClusterSettings) -> Callable[...,
 
     def make(name: str, **inputs) -> dsl.PipelineTask:
         step = steps[name]
-        component = getattr(images[step.image], name.replace("-", "_"))
+        component = getattr(images[step.image], step.component or name.replace("-", "_"))
         return configure(component(**inputs), name, step, s)
 
     return make

@@ -149,6 +149,43 @@ def train_model(
         training_metrics.log_metric(key, round(float(result[key]), 6))
 
 
+def train_model_job(
+    dataset_uri: str,
+    statistics: Input[Dataset],
+    architecture: str,
+    base_channels: int,
+    depth: int,
+    loss: str,
+    optimizer: str,
+    learning_rate: float,
+    weight_decay: float,
+    lr_schedule: str,
+    augment: bool,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    seed: int,
+    precision: str,
+    mlflow_run_id: str,
+    job: str,
+    kfp_run_id: str,
+    training: Output[Model],
+    training_metrics: Output[Metrics],
+):
+    """Train on several nodes: submit a TrainJob (or PyTorchJob), wait for it, collect its run folder from S3."""
+    from components.kubeflow.steps import run_train_job, tracking_listeners
+
+    config = dict(architecture=architecture, base_channels=base_channels, depth=depth, loss=loss,
+                  optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay,
+                  lr_schedule=lr_schedule, augment=augment, epochs=epochs, batch_size=batch_size,
+                  patience=patience, seed=seed, precision=precision)
+    tracking_listeners(mlflow_run_id, config)  # logs the hyperparameters; the job's epochs are not streamed
+    result = run_train_job(dataset_uri, statistics.path, training.path, config, job, kfp_run_id)
+    training.metadata.update({"framework": "pytorch-lightning", "best_epoch": result["best_epoch"]})
+    for key in ("best_val_iou", "epochs_run", "train_images_per_second"):
+        training_metrics.log_metric(key, round(float(result[key]), 6))
+
+
 def export_model(
     dataset_uri: str,
     statistics: Input[Dataset],
@@ -277,7 +314,7 @@ def predict_scenes(scene_uri: str, model_ref: str, output_uri: str, kfp_run_id: 
 
 
 STAGES = (start_tracking, end_tracking, register_model, dataset_fingerprint, decide_training, dataset_statistics,
-          train_model, export_model, evaluate_model, package_dlpk, generate_stac_item, predict_scenes)
+          train_model, train_model_job, export_model, evaluate_model, package_dlpk, generate_stac_item, predict_scenes)
 
 
 def make_components(image: str) -> SimpleNamespace:

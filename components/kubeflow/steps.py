@@ -174,6 +174,49 @@ def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: 
 
 
 @retry_transient
+def run_train_job(dataset_uri: str, statistics_dir: str, training_dir: str, config: Mapping[str, Any], job: str,
+                  kfp_run_id: str, api: tuple[Any, str] | None = None) -> dict:
+    """Training stage on several nodes: a TrainJob or PyTorchJob (``job``, the JSON of
+    :class:`~components.kubeflow.train_jobs.JobSettings`) trains; its run folder comes back through
+    S3 into the ``training`` artifact.
+
+    The statistics artifact goes to ``<work prefix>/<job>/statistics/``, the job's node 0 writes
+    ``<work prefix>/<job>/run/`` (:mod:`components.kubeflow.train_node`); both stay there.
+    ``api`` is ``(ApiClient, namespace)`` (default: the pod's service account and namespace).
+
+    Returns:
+        The training summary (best epoch, best validation IoU, epochs run, images per second).
+    """
+    from components.kubeflow.job_launcher import JobLauncher, TrainJobFailed, in_cluster, run_job
+    from components.kubeflow.train_jobs import JobSettings, job_manifest, job_name, node_command, train_flags
+    from components.storage import download_prefix, is_s3_uri, join_uri, list_objects, upload_dir
+
+    settings = JobSettings.from_json(job).check()
+    if not is_s3_uri(dataset_uri):
+        raise ParameterError(f"dataset_uri={dataset_uri!r}: multi-node training reads the dataset on every "
+                             "node: pass an s3:// prefix")
+    api_client, namespace = api or in_cluster()
+    name = job_name(kfp_run_id)
+    work = join_uri(settings.work_prefix, name)
+    upload_dir(statistics_dir, join_uri(work, "statistics"))
+    command = node_command(join_uri(work, "statistics"), dataset_uri, join_uri(work, "run"), settings,
+                           train_flags(config, settings.nodes, settings.gpus_per_node))
+    manifest = job_manifest(name, namespace, kfp_run_id, command, settings)
+    launcher = JobLauncher(api_client, namespace, settings.kind)
+    run_job(launcher, manifest, settings.timeout_s, settings.poll_s)
+    run_uri = join_uri(work, "run")
+    with staged_run(statistics=statistics_dir) as (layout, _):
+        if list_objects(run_uri):
+            download_prefix(run_uri, layout.root)
+        missing = [e for e in ARTIFACT_FILES["training"] if not (layout.root / e.rstrip("/")).exists()]
+        if missing:
+            raise TrainJobFailed(f"{launcher.describe(name)} succeeded but {run_uri} lacks "
+                                 f"{', '.join(missing)}: node 0 did not upload the run folder (see its log)")
+        collect(layout, "training", training_dir)
+        return read_json(layout.history)["summary"]
+
+
+@retry_transient
 def run_export(dataset_uri: str, statistics_dir: str, training_dir: str, models_dir: str) -> dict:
     """Export stage into the ``models`` artifact (parity on real chips of the test split)."""
     from components.stages.export import export_models

@@ -28,6 +28,8 @@ VARIANTS = {
     "no secrets, no config map, no scratch": ["--storage-secret", "", "--mlflow-secret", "", "--config-map", "",
                                               "--scratch-size", ""],
     "cpu-only cluster": ["--accelerator-count", "0"],
+    "multi-node training job": ["--train-nodes", "2", "--train-gpus-per-node", "4",
+                                "--train-job-prefix", "s3://campseg-jobs/train/"],
 }
 
 

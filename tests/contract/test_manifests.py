@@ -657,6 +657,9 @@ def test_server_pods_do_not_mount_api_tokens(base_docs):
 # Least privilege: the runner's Role, the pipeline's S3 policy, MLflow's authentication
 # ---------------------------------------------------------------------------------------------
 READ_VERBS = {"get", "list", "watch"}
+#: The multi-node training jobs the training step submits (--train-nodes N): create and delete, never patch.
+TRAINING_JOBS = {(("trainer.kubeflow.org",), ("trainjobs",)): {"create", "delete"},
+                 (("kubeflow.org",), ("pytorchjobs",)): {"create", "delete"}}
 
 
 def test_runner_role_is_least_privilege(base_docs):
@@ -666,9 +669,13 @@ def test_runner_role_is_least_privilege(base_docs):
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
         writes = set(rule["verbs"]) - READ_VERBS
-        if writes:  # the only objects a run may write: Argo's WorkflowTaskResults
-            assert rule["apiGroups"] == ["argoproj.io"] and rule["resources"] == ["workflowtaskresults"], rule
-            assert writes <= {"create", "patch"}, rule
+        if writes:  # the only objects a run may write: Argo's WorkflowTaskResults, its training jobs
+            allowed = TRAINING_JOBS.get((tuple(rule["apiGroups"]), tuple(rule["resources"])))
+            if allowed:
+                assert writes <= allowed, rule
+            else:
+                assert rule["apiGroups"] == ["argoproj.io"] and rule["resources"] == ["workflowtaskresults"], rule
+                assert writes <= {"create", "patch"}, rule
         if {"secrets", "configmaps"} & set(rule["resources"]):
             assert rule.get("resourceNames") and set(rule["verbs"]) == {"get"}, rule
     # No pod may be patched (or created, deleted, exec'ed into).
@@ -682,6 +689,17 @@ def test_runner_role_is_least_privilege(base_docs):
     role_text = text[text.index("kind: Role"):text.index("kind: RoleBinding")]
     assert role_text.count("  - apiGroups:") == len(rules)
     assert role_text.count("\n  # ") >= len(rules) - 1  # one comment per rule (pods and pods/log share one)
+
+
+def test_runner_may_submit_watch_and_delete_its_training_jobs(base_docs):
+    """What components/kubeflow/job_launcher.py calls, for either kind of job."""
+    from components.kubeflow.train_jobs import API
+
+    rules = by_kind_name(base_docs)[("Role", "campseg-pipeline-runner")]["rules"]
+    for group, _version, plural, _kind in API.values():
+        (rule,) = [r for r in rules if r["apiGroups"] == [group] and r["resources"] == [plural]]
+        assert set(rule["verbs"]) == {"create", "get", "list", "watch", "delete"}, rule
+        assert "resourceNames" not in rule  # the job's name is the KFP run's, unknown here
 
 
 def _minio_setup(docs):
