@@ -147,7 +147,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                     learning_rate=train_learning_rate, weight_decay=train_weight_decay,
                     lr_schedule=train_lr_schedule, augment=train_augment, epochs=train_epochs,
                     batch_size=train_batch_size, patience=train_patience, seed=split_seed, precision=train_precision,
-                    mlflow_run_id=tracking.output,
+                    mlflow_run_id=tracking.output, devices=max(settings.accelerator_count, 1),
                 ).outputs["training"]
                 models = step("export-model", dataset_uri=dataset_uri, statistics=statistics,
                               training=training).outputs["models"]

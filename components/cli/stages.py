@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence, get_args
 
 from components.contracts.config import (
+    AcceleratorName,
     Architecture,
     LossName,
     OptimizerName,
@@ -64,6 +65,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--precision", default=defaults.precision, choices=get_args(PrecisionName))
+    p.add_argument("--accelerator", default=defaults.accelerator, choices=get_args(AcceleratorName),
+                   help="auto: a GPU when one is visible")
+    p.add_argument("--devices", type=int, default=defaults.devices,
+                   help="GPUs (or CPU processes) training together with DDP; --batch-size is per device")
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers,
+                   help="loader processes per device (default: 0 on the CPU, from the CPU count on GPUs, at most 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
+                   help="channels_last memory format (default on: faster convolutions on CPU and GPU)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -72,7 +82,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         encoder_name=args.encoder_name, loss=args.loss, optimizer=args.optimizer,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         augment=args.augment, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-        seed=args.seed, precision=args.precision,
+        seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
+        num_workers=args.num_workers, compile=args.compile, channels_last=args.channels_last,
     )
 
 
