@@ -69,6 +69,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="auto: a GPU when one is visible")
     p.add_argument("--devices", type=int, default=defaults.devices,
                    help="GPUs (or CPU processes) training together with DDP; --batch-size is per device")
+    p.add_argument("--num-nodes", type=int, default=defaults.num_nodes,
+                   help="nodes training together; above 1 start the command with torchrun on every node "
+                        "(train stage only; see docs/training.md)")
     p.add_argument("--num-workers", type=int, default=defaults.num_workers,
                    help="loader processes per device (default: 0 on the CPU, from the CPU count on GPUs, at most 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
@@ -83,6 +86,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         augment=args.augment, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
         seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
+        num_nodes=args.num_nodes,
         num_workers=args.num_workers, compile=args.compile, channels_last=args.channels_last,
     )
 
@@ -202,8 +206,11 @@ def _stac_options(args: argparse.Namespace) -> dict:
 
 def run_all(args: argparse.Namespace) -> dict:
     """The whole chain on one run folder; returns the summary."""
+    import os
+
     from components.contracts.naming import check_model_name
     from components.data.sample_data import generate_sample_dataset
+    from components.ml.distributed import detect_launch
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
     from components.stages.export import export_models
@@ -215,6 +222,9 @@ def run_all(args: argparse.Namespace) -> dict:
     stac_options = _stac_options(args)  # bad STAC options are refused before hours of training
     check_stac_options(**stac_options)
     config = _config(args)
+    if detect_launch(os.environ).external:
+        raise PipelineInputError("all: started by torchrun (or another launcher of one process per device); "
+                                 "launch only the train stage that way, and run the other stages once")
     # The whole chain holds the run folder: checked, locked and marked before anything is written.
     with open_output(args.out, "all", data_dir=args.data):
         data = args.data

@@ -65,8 +65,10 @@ class TrainConfig:
             the CPU, where the chips are already decoded in memory and workers would only take cores
             from the convolutions).
         accelerator: ``auto`` (a GPU when one is visible), ``cpu`` or ``gpu``.
-        devices: processes (GPUs, or CPU processes) training together; above 1, Lightning DDP
-            (``ddp_spawn``: NCCL on GPUs, gloo on the CPU). ``batch_size`` is per device.
+        devices: processes (GPUs, or CPU processes) training together on each node; above 1,
+            Lightning DDP (``ddp_spawn``: NCCL on GPUs, gloo on the CPU). ``batch_size`` is per device.
+        num_nodes: nodes training together (Lightning ``num_nodes``); above 1 the processes must be
+            started by a launcher such as torchrun (see ``docs/training.md``).
         compile: ``torch.compile`` the network for training (slow first steps, faster later ones).
         channels_last: train in the ``channels_last`` memory format (faster convolutions on CPU and GPU).
     """
@@ -90,6 +92,7 @@ class TrainConfig:
     num_workers: int | None = None
     accelerator: AcceleratorName = "auto"
     devices: int = 1
+    num_nodes: int = 1
     compile: bool = False
     channels_last: bool = True
 
@@ -105,7 +108,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in get_args(allowed):
                 raise ParameterError(f"{name}={value!r}: choose one of {', '.join(get_args(allowed))}")
-        for name in ("base_channels", "depth", "epochs", "batch_size", "patience", "devices"):
+        for name in ("base_channels", "depth", "epochs", "batch_size", "patience", "devices", "num_nodes"):
             _check_int(getattr(self, name), name, 1)
         if self.num_workers is not None:
             _check_int(self.num_workers, "num_workers", 0)

@@ -25,6 +25,7 @@ from components.contracts.run_layout import (
     write_json,
 )
 from components.data.manifest import read_manifest
+from components.ml.distributed import Launch, choose_strategy, detect_launch
 from components.ml.metrics import MONITOR, EpochListener, best_row
 from components.ml.task import ChipDataModule, ChipDataset, HistoryCallback, SegmentationTask
 
@@ -58,23 +59,14 @@ def num_workers(config: TrainConfig) -> int:
     return max(0, min(8, cpus // config.devices - 1))
 
 
-def _strategy(config: TrainConfig) -> str:
-    """One process, or DDP over ``devices`` processes started with ``spawn``.
-
-    ``ddp_spawn`` starts the ranks from inside ``trainer.fit`` (the launching process stays out of
-    the process group and keeps its run-folder lock); plain ``ddp`` would re-run the command line
-    in every rank, i.e. the whole ``all`` chain and its lock, or the KFP executor.
-    """
-    return "ddp_spawn" if config.devices > 1 else "auto"
-
-
-def _trainer(config: TrainConfig, callbacks: list[Callback], logger: Any, progress_bar: bool) -> L.Trainer:
+def _trainer(config: TrainConfig, launch: Launch, callbacks: list[Callback], logger: Any, progress_bar: bool) -> L.Trainer:
     """A Lightning trainer that stops early on the monitored metric."""
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
-        strategy=_strategy(config),
+        num_nodes=config.num_nodes,
+        strategy=choose_strategy(config.devices, config.num_nodes, launch),
         precision=_precision(config),
         callbacks=[*callbacks, EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)],
         logger=logger,
@@ -107,17 +99,25 @@ def train(
         logger: a Lightning logger or False.
         progress_bar: show Lightning's progress bar.
 
+    Under a launcher such as torchrun (:func:`~components.ml.distributed.detect_launch`) every
+    rank runs this function; global rank 0 alone locks the run folder and publishes, the others
+    train and return ``{"rank": r, "published": False}``.
+
     Returns:
         A summary: best epoch, best val IoU, epochs run, seconds, images per second.
     """
     layout = RunLayout(Path(run_dir))
     layout.require(layout.stats, layout.splits, stage="training")
+    launch = detect_launch(os.environ)
+    choose_strategy(config.devices, config.num_nodes, launch)  # refuse a bad launch before loading chips
+    if not launch.writes:  # another rank of a torchrun job: global rank 0 holds the folder
+        return _train(layout, config, launch, data_dir, callbacks, listeners, logger, progress_bar)
     with open_output(layout.root, "train", create=False):
-        return _train(layout, config, data_dir, callbacks, listeners, logger, progress_bar)
+        return _train(layout, config, launch, data_dir, callbacks, listeners, logger, progress_bar)
 
 
-def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callbacks: Sequence[Callback],
-           listeners: Sequence[EpochListener], logger: Any, progress_bar: bool) -> dict:
+def _train(layout: RunLayout, config: TrainConfig, launch: Launch, data_dir: Path | None,
+           callbacks: Sequence[Callback], listeners: Sequence[EpochListener], logger: Any, progress_bar: bool) -> dict:
     statistics = verify(layout, ["statistics"])["statistics"]
     stats = read_json(layout.stats)
     prep = Preprocessing.from_stats(stats)
@@ -128,9 +128,11 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
         if not members:
             raise DatasetError(f"{layout.splits}: the {split} split is empty; re-run the statistics stage")
 
-    if len(by_split["val"]) < config.devices:
+    ranks = config.devices * config.num_nodes
+    if len(by_split["val"]) < ranks:
         raise DatasetError(f"{layout.splits}: the val split has {len(by_split['val'])} chip(s), fewer than "
-                           f"devices={config.devices}; every device needs at least one validation chip")
+                           f"the {ranks} training process(es) (devices={config.devices} x num_nodes="
+                           f"{config.num_nodes}); every process needs at least one validation chip")
 
     L.seed_everything(config.seed, workers=True)
     data = ChipDataModule(ChipDataset(by_split["train"], prep), ChipDataset(by_split["val"], prep),
@@ -138,19 +140,24 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
     task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold,
                             preprocessing=prep.to_dict())
     # Only rank 0 writes, and only here: the checkpoint and the epoch rows. This process publishes
-    # them into the run folder after the fit (with devices > 1 it is not a rank at all).
+    # them into the run folder after the fit (under ddp_spawn it is not a rank at all; under
+    # torchrun only global rank 0 gets past the fit).
     partial_dir = layout.checkpoint.parent / ".partial"
-    shutil.rmtree(partial_dir, ignore_errors=True)
+    if launch.writes:
+        shutil.rmtree(partial_dir, ignore_errors=True)
     checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
     history = HistoryCallback(partial_dir / "history.json", listeners)
-    trainer = _trainer(config, [checkpoint, history, *callbacks], logger, progress_bar)
+    trainer = _trainer(config, launch, [checkpoint, history, *callbacks], logger, progress_bar)
     started = time.time()
     try:
         trainer.fit(task, datamodule=data)
     except BaseException:
-        shutil.rmtree(partial_dir, ignore_errors=True)
+        if launch.writes:
+            shutil.rmtree(partial_dir, ignore_errors=True)
         raise
     finished = time.time()
+    if not launch.writes:
+        return {"rank": launch.rank, "published": False}
     seconds = finished - started
     rows = history.collected()
     best = best_row(rows)
@@ -179,6 +186,7 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
         "train_images_per_second": len(data.train) * len(rows) / seconds if seconds else None,
         "accelerator": "cuda" if on_gpu(config) else "cpu",
         "devices": config.devices,
+        "num_nodes": config.num_nodes,
         "precision": _precision(config),
     }
     lineage = {"statistics": statistics, "checkpoint": file_digest(layout.checkpoint)}

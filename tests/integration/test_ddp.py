@@ -13,6 +13,9 @@ The data is the project's synthetic sample generator (learnable camps, unlike th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -25,6 +28,7 @@ from components.data.manifest import read_manifest
 from components.data.sample_data import generate_sample_dataset
 from components.ml.task import ChipDataset, SegmentationTask
 from tests.support.cli import run_components
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +95,31 @@ def test_ddp_test_metrics_are_within_noise_of_one_process(runs):
     single, ddp = _test_iou(runs["single"]), _test_iou(runs["ddp"])
     assert single > 0.5, f"the single-process reference did not learn (test IoU {single:.3f})"
     assert abs(ddp - single) <= TOLERANCE, f"DDP test IoU {ddp:.3f} vs one process {single:.3f}"
+
+
+def _torchrun(*args: str, port: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m components -- ARGS`` on this node, as a TrainJob's pod runs it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+               "-m", "components", "--", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_torchrun_ranks_train_with_ddp_and_rank_zero_publishes(data, tmp_path):
+    """Ranks started by torchrun (two gloo processes here; one per GPU on every node of a TrainJob)
+    join with plain ``ddp``: each runs the train stage, only global rank 0 locks and writes."""
+    run = tmp_path / "run"
+    run_components("stats", "--data", str(data), "--out", str(run), "--image-size", "64", "--depth", "3")
+    proc = _torchrun("train", "--run", str(run), "--accelerator", "cpu", "--devices", "2", "--epochs", "2",
+                     "--base-channels", "8", "--depth", "3", "--batch-size", "4", port=29531)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert '"published": false' in proc.stdout  # rank 1 trained and wrote nothing
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt"]
+    summary = json.loads((run / "training_history.json").read_text())["summary"]
+    assert summary["devices"] == 2 and summary["num_nodes"] == 1 and summary["epochs_run"] == 2
+    assert not (run / ".campseg.lock").exists()
+    # the whole chain is not for torchrun: every rank would compute statistics and export
+    refused = _torchrun("all", "--data", str(data), "--out", str(tmp_path / "all"), "--accelerator", "cpu",
+                        "--devices", "2", port=29532)
+    assert refused.returncode != 0 and "launch only the train stage" in refused.stderr
+    assert not (tmp_path / "all").exists()
