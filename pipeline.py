@@ -57,9 +57,10 @@ TRAIN_JOB_STEP = Step("cpu", "any", False, False, True, True, Resources("500m", 
 
 
 def train_step(settings: ClusterSettings) -> tuple[dict[str, Step], dict]:
-    """The step table for ``settings`` and the extra inputs of its training step (none on one node)."""
+    """The step table for ``settings`` and the extra inputs of its training step: on one node the
+    step's accelerator count as its DDP device count, on several the job it submits."""
     if settings.train_nodes <= 1:
-        return STEPS, {}
+        return STEPS, {"devices": max(settings.accelerator_count, 1)}
     job = train_job_settings(settings, settings.resources.get("train-model", STEPS["train-model"].resources))
     return {**STEPS, "train-model": TRAIN_JOB_STEP}, {"job": job.to_json(),
                                                        "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}

@@ -20,7 +20,14 @@ Prints a table (and writes JSON with ``--json PATH``) of:
    a fresh subprocess (peak RSS from ``RUSAGE_CHILDREN`` of a small launcher, so of that child alone), beside a child
    that only imports the stage, so the stage's own share is visible.
 
-Usage: ``python benchmarks/benchmark.py [--quick] [--json PATH]``. ``--quick`` shrinks everything
+4. With ``--compare-train SRC`` (instead of 1-3): the default recipe's training images/s of two
+   source trees side by side, ``SRC`` (e.g. an older commit, ``git archive COMMIT | tar -x -C SRC``)
+   and this one, on the same chips, split and epochs, each run in a fresh process, alternated
+   A B A B so that shared-machine load hits both alike; the figure of each is the better of its
+   two runs, and their ratio.
+
+Usage: ``python benchmarks/benchmark.py [--quick] [--json PATH]`` or
+``python benchmarks/benchmark.py --compare-train SRC [--data D] [--epochs E] [--json PATH]``. ``--quick`` shrinks everything
 (tiny synthetic chips, two epochs, few repetitions) for a smoke run of well under a minute.
 """
 
@@ -318,6 +325,69 @@ def bench_statistics(sizes: tuple[int, ...], chip_size: int, cache: Path, work: 
 
 
 # --------------------------------------------------------------------------------------------
+# 4. training throughput of two source trees
+
+_TRAIN_CHILD = r"""
+import json, shutil, statistics, sys, time, warnings, logging
+src, run, stats_run, data, epochs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+sys.path.insert(0, src)
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+from components.contracts.config import TrainConfig
+from components.stages.train import train
+
+class Timer(Callback):  # as epoch_timer(): each training epoch up to its validation
+    def __init__(self):
+        self.rates, self.start, self.images = [], None, 0
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start, self.images = time.perf_counter(), 0
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.images += int(batch[0].shape[0])
+    def on_validation_start(self, trainer, pl_module):
+        if self.start is not None and not trainer.sanity_checking:
+            self.rates.append(self.images / (time.perf_counter() - self.start))
+            self.start = None
+
+run = Path(run)
+run.mkdir(parents=True)
+for name in ("stats.json", "dataset_manifest.json", ".campseg-run.json"):
+    shutil.copy(Path(stats_run) / name, run / name)
+timer = Timer()
+t = time.perf_counter()
+result = train(run, TrainConfig(epochs=epochs, patience=epochs + 1), Path(data), callbacks=[timer], progress_bar=False)
+print(json.dumps({"images_per_second": statistics.median(timer.rates[1:] or timer.rates), "epoch_rates": timer.rates,
+                  "train_seconds": time.perf_counter() - t, "best_val_iou": result["best_val_iou"]}))
+"""
+
+
+def bench_compare_train(before: Path, data: Path, image_size: int, epochs: int, work: Path) -> dict:
+    """The default recipe's training images/s of source tree ``before`` and of this one."""
+    from components.stages.stats import compute_statistics
+
+    stats_run = work / "stats"
+    stats = compute_statistics(data, stats_run, image_size=image_size, network_depth=4)
+    trees = {"before": Path(before).resolve(), "after": REPO}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for round_ in range(2):
+        for name, src in trees.items():
+            cmd = [sys.executable, "-c", _TRAIN_CHILD, str(src), str(work / f"{name}-{round_}"), str(stats_run),
+                   str(data), str(epochs)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
+            if proc.returncode:
+                raise RuntimeError(f"training child ({name}, {src}) failed:\n{proc.stderr[-3000:]}")
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  {name} round {round_ + 1}: {runs[name][-1]['images_per_second']:.2f} img/s",
+                  file=sys.stderr, flush=True)
+    best = {name: max(r["images_per_second"] for r in rs) for name, rs in runs.items()}
+    return {"data": str(data), "image_size": image_size, "epochs": epochs, "counts": stats["counts"],
+            "sources": {k: str(v) for k, v in trees.items()}, "runs": runs,
+            "before_images_per_second": best["before"], "after_images_per_second": best["after"],
+            "after_over_before": best["after"] / best["before"]}
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def figures(results: dict) -> dict:
@@ -379,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="training chips (default: hotosm-philippines if present, "
                         "else synthetic)")
     parser.add_argument("--epochs", type=int, help="training epochs of each recipe (>= 2: epoch 1 is warm-up)")
+    parser.add_argument("--compare-train", type=Path, metavar="SRC",
+                        help="only compare the default recipe's training images/s of source tree SRC and this one")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "campseg-benchmark-cache",
                         help="where generated synthetic datasets are kept between runs")
     args = parser.parse_args(argv)
@@ -399,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if args.data:
             data, image_size = args.data, sizes["train_size"]
+            if args.data.resolve() == REAL_DATA.resolve():
+                image_size = 256
         elif REAL_DATA.is_dir() and not args.quick:
             data, image_size = REAL_DATA, 256
         else:
@@ -406,6 +480,16 @@ def main(argv: list[str] | None = None) -> int:
 
             data = generate_sample_dataset(work / "train-data", sizes["train_chips"], size=sizes["train_size"], seed=1)
             image_size = sizes["train_size"]
+        if args.compare_train:
+            if not (args.compare_train / "components").is_dir():
+                parser.error(f"--compare-train {args.compare_train}: not a source tree (no components/ in it)")
+            compared = bench_compare_train(args.compare_train, data, image_size, sizes["epochs"], work / "compare")
+            print(json.dumps({k: v for k, v in compared.items() if k != "runs"}, indent=2))
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({"machine": results["machine"], "compare_train": compared},
+                                                indent=2, default=str) + "\n")
+            return 0
         print("1/3 training ...", file=sys.stderr, flush=True)
         results["training"] = bench_training(data, image_size, sizes["epochs"], work / "train")
         print("2/3 inference ...", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence, get_args
 
 from components.contracts.config import (
+    AcceleratorName,
     Architecture,
     LossName,
     OptimizerName,
@@ -64,6 +65,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--precision", default=defaults.precision, choices=get_args(PrecisionName))
+    p.add_argument("--accelerator", default=defaults.accelerator, choices=get_args(AcceleratorName),
+                   help="auto: a GPU when one is visible")
+    p.add_argument("--devices", type=int, default=defaults.devices,
+                   help="GPUs (or CPU processes) training together with DDP; --batch-size is per device")
+    p.add_argument("--num-nodes", type=int, default=defaults.num_nodes,
+                   help="nodes training together; above 1 start the command with torchrun on every node "
+                        "(train stage only; see docs/training.md)")
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers,
+                   help="loader processes per device (default: 0 on the CPU, from the CPU count on GPUs, at most 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
+                   help="channels_last memory format (default on: faster convolutions on CPU and GPU)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -72,7 +85,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         encoder_name=args.encoder_name, loss=args.loss, optimizer=args.optimizer,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         augment=args.augment, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-        seed=args.seed, precision=args.precision,
+        seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
+        num_nodes=args.num_nodes,
+        num_workers=args.num_workers, compile=args.compile, channels_last=args.channels_last,
     )
 
 
@@ -191,8 +206,11 @@ def _stac_options(args: argparse.Namespace) -> dict:
 
 def run_all(args: argparse.Namespace) -> dict:
     """The whole chain on one run folder; returns the summary."""
+    import os
+
     from components.contracts.naming import check_model_name
     from components.data.sample_data import generate_sample_dataset
+    from components.ml.distributed import detect_launch
     from components.reporting.progress import StageLines
     from components.stages.dlpk import package_dlpk
     from components.stages.evaluate import evaluate_run
@@ -205,6 +223,9 @@ def run_all(args: argparse.Namespace) -> dict:
     stac_options = _stac_options(args)  # bad STAC options are refused before hours of training
     check_stac_options(**stac_options)
     config = _config(args)
+    if detect_launch(os.environ).external:
+        raise PipelineInputError("all: started by torchrun (or another launcher of one process per device); "
+                                 "launch only the train stage that way, and run the other stages once")
     # The whole chain holds the run folder: checked, locked and marked before anything is written.
     # Each stage prints its [i/n] start and end lines on stderr.
     with open_output(args.out, "all", data_dir=args.data):

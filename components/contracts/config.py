@@ -13,6 +13,7 @@ LossName = Literal["bce_dice", "bce", "dice", "focal"]
 OptimizerName = Literal["adamw", "adam", "sgd"]
 ScheduleName = Literal["cosine", "plateau", "none"]
 PrecisionName = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+AcceleratorName = Literal["auto", "cpu", "gpu"]
 
 #: Seeds numpy, torch and Lightning all accept: ``0 .. 2**32 - 1``.
 SEED_MAX = 2**32 - 1
@@ -60,7 +61,16 @@ class TrainConfig:
         patience: epochs without validation-IoU improvement before early stopping.
         seed: seed of model initialisation, shuffling and augmentation.
         precision: ``auto`` (bf16 mixed precision on GPU, 32 on CPU) or a Lightning precision.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes per device; None picks from the CPU count (0 on
+            the CPU, where the chips are already decoded in memory and workers would only take cores
+            from the convolutions).
+        accelerator: ``auto`` (a GPU when one is visible), ``cpu`` or ``gpu``.
+        devices: processes (GPUs, or CPU processes) training together on each node; above 1,
+            Lightning DDP (``ddp_spawn``: NCCL on GPUs, gloo on the CPU). ``batch_size`` is per device.
+        num_nodes: nodes training together (Lightning ``num_nodes``); above 1 the processes must be
+            started by a launcher such as torchrun (see ``docs/training.md``).
+        compile: ``torch.compile`` the network for training (slow first steps, faster later ones).
+        channels_last: train in the ``channels_last`` memory format (faster convolutions on CPU and GPU).
     """
 
     architecture: Architecture = "unet"
@@ -79,7 +89,12 @@ class TrainConfig:
     patience: int = 6
     seed: int = 42
     precision: PrecisionName = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None
+    accelerator: AcceleratorName = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    compile: bool = False
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -88,13 +103,15 @@ class TrainConfig:
             ("optimizer", OptimizerName),
             ("lr_schedule", ScheduleName),
             ("precision", PrecisionName),
+            ("accelerator", AcceleratorName),
         ):
             value = getattr(self, name)
             if value not in get_args(allowed):
                 raise ParameterError(f"{name}={value!r}: choose one of {', '.join(get_args(allowed))}")
-        for name in ("base_channels", "depth", "epochs", "batch_size", "patience"):
+        for name in ("base_channels", "depth", "epochs", "batch_size", "patience", "devices", "num_nodes"):
             _check_int(getattr(self, name), name, 1)
-        _check_int(self.num_workers, "num_workers", 0)
+        if self.num_workers is not None:
+            _check_int(self.num_workers, "num_workers", 0)
         check_seed(self.seed)
         for name in ("learning_rate", "weight_decay", "momentum"):
             check_finite(getattr(self, name), name)
@@ -104,8 +121,9 @@ class TrainConfig:
             raise ParameterError(f"weight_decay={self.weight_decay!r}: must be >= 0")
         if not 0 <= self.momentum < 1:
             raise ParameterError(f"momentum={self.momentum!r}: must be in [0, 1)")
-        if not isinstance(self.augment, bool):
-            raise ParameterError(f"augment={self.augment!r}: must be true or false")
+        for name in ("augment", "compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParameterError(f"{name}={getattr(self, name)!r}: must be true or false")
 
     @property
     def network_depth(self) -> int:

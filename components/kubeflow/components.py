@@ -135,14 +135,16 @@ def train_model(
     mlflow_run_id: str,
     training: Output[Model],
     training_metrics: Output[Metrics],
+    devices: int = 1,
 ):
-    """Train the U-Net (Lightning) and keep the checkpoint with the best validation IoU."""
+    """Train the U-Net (Lightning) and keep the checkpoint with the best validation IoU; ``devices``
+    (the step's accelerator count) above 1 trains with DDP on that many GPUs."""
     from components.kubeflow.steps import run_train, tracking_listeners
 
     config = dict(architecture=architecture, base_channels=base_channels, depth=depth, loss=loss,
                   optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay,
                   lr_schedule=lr_schedule, augment=augment, epochs=epochs, batch_size=batch_size,
-                  patience=patience, seed=seed, precision=precision)
+                  patience=patience, seed=seed, precision=precision, devices=devices)
     result = run_train(dataset_uri, statistics.path, training.path, config, tracking_listeners(mlflow_run_id, config))
     training.metadata.update({"framework": "pytorch-lightning", "best_epoch": result["best_epoch"]})
     for key in ("best_val_iou", "epochs_run", "train_images_per_second"):

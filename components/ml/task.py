@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,80 +11,53 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 
 from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
 from components.data.pairs import IGNORE, Pair, load_example
+from components.ml.augmentation import BatchTransform
 from components.ml.losses import build_loss
 from components.ml.metrics import EpochListener, epoch_row, metric_collection
 from components.ml.networks import build_network
 
 
 class ChipDataset(Dataset):
-    """Normalised chips and float masks of one split, decoded once and kept in memory.
+    """Raw chips and uint8 masks of one split, decoded once, up front, and kept in memory.
+
+    Chips stay in their stored pixel type (uint8 for 8-bit imagery: a quarter of float32's memory
+    and copy time; other integer types as int32, float chips as float32); normalisation and
+    augmentation run batched on the training device (:class:`~components.ml.augmentation.BatchTransform`,
+    applied by :class:`SegmentationTask`).
 
     Args:
         pairs: the split's pairs.
-        prep: preprocessing from ``stats.json``.
-        augment: random flips, 90-degree rotations (chip and mask alike) and brightness/contrast
-            jitter (chip only).
-        seed: seed of the augmentation generator.
-        cache: keep decoded chips in memory (the default; a large dataset may turn it off).
+        prep: preprocessing from ``stats.json`` (image size and no-data value).
     """
 
-    def __init__(self, pairs: Sequence[Pair], prep: Preprocessing, augment: bool = False, seed: int = 0, cache: bool = True) -> None:
+    def __init__(self, pairs: Sequence[Pair], prep: Preprocessing) -> None:
         self.pairs = list(pairs)
-        self.prep = prep
-        self.augment = augment
-        self.rng = np.random.default_rng(seed)
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        size, bands = prep.image_size, len(prep.bands)
+        self.chips = np.empty((len(self.pairs), bands, size, size), dtype=_storage_dtype(prep.dtype))
+        self.masks = np.empty((len(self.pairs), size, size), dtype=np.uint8)
+        for i, pair in enumerate(self.pairs):
+            self.chips[i], self.masks[i] = load_example(pair, size, prep.nodata)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        example = load_example(self.pairs[index], self.prep.image_size, self.prep.nodata)
-        if self.cache is not None:
-            self.cache[index] = example
-        return example
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised chip (C, S, S) and float mask (1, S, S): 0, 1 or IGNORE (no data).
+        """Raw chip (C, S, S) and mask (S, S): 0, 1 or IGNORE (no data)."""
+        return torch.from_numpy(self.chips[index]), torch.from_numpy(self.masks[index])
 
-        No-data pixels enter the network as 0 (the training mean), whatever their raw value.
-        """
-        chip, mask = self._raw(index)
-        chip = chip.astype(np.float32)
-        nodata = mask == IGNORE
-        if nodata.any():  # a neutral value, so augmentation and normalisation never see NaN
-            chip[:, nodata] = self.prep.raw_mean.astype(np.float32)[:, None]
-        if self.augment:
-            chip, mask = self._augment(chip, mask)
-        x = self.prep.normalize(chip)
-        if nodata.any():
-            x[:, mask == IGNORE] = 0.0
-        x = torch.from_numpy(np.ascontiguousarray(x))
-        y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
-        return x, y
 
-    def _augment(self, chip: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rng = self.rng
-        if rng.random() < 0.5:
-            chip, mask = chip[:, :, ::-1], mask[:, ::-1]
-        if rng.random() < 0.5:
-            chip, mask = chip[:, ::-1, :], mask[::-1, :]
-        k = int(rng.integers(4))
-        chip, mask = np.rot90(chip, k, axes=(1, 2)), np.rot90(mask, k)
-        contrast = rng.uniform(0.8, 1.2)
-        brightness = rng.uniform(-0.1, 0.1) * self.prep.max_value
-        mean = chip.mean(axis=(1, 2), keepdims=True)
-        low, high = self.prep.raw_range
-        chip = np.clip((chip - mean) * contrast + mean + brightness, max(low, 0.0), high)
-        return chip, mask
+def _storage_dtype(dtype: str) -> type:
+    kind = np.dtype(dtype)
+    if kind == np.uint8:
+        return np.uint8
+    return np.int32 if np.issubdtype(kind, np.integer) else np.float32
 
 
 class SegmentationTask(L.LightningModule):
@@ -94,19 +68,26 @@ class SegmentationTask(L.LightningModule):
             ``SegmentationTask.load_from_checkpoint`` rebuilds the model by itself).
         in_channels: input bands.
         threshold: probability threshold of the metrics.
+        preprocessing: :meth:`Preprocessing.to_dict`; with it, batches arrive raw (as
+            :class:`ChipDataset` gives them) and are normalised, and augmented in training, on the
+            device after the transfer. Without it, batches must be model input already.
     """
 
-    def __init__(self, config: dict[str, Any], in_channels: int = 3, threshold: float = 0.5) -> None:
+    def __init__(self, config: dict[str, Any], in_channels: int = 3, threshold: float = 0.5,
+                 preprocessing: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = TrainConfig.from_dict(config)
+        self.transform = None if preprocessing is None else BatchTransform(
+            Preprocessing.from_dict(preprocessing), self.config.seed)
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
 
     def configure_models(self) -> None:
-        # channels_last lets the CPU and GPU convolution kernels run their fastest layouts.
-        self.network = build_network(self.config, self.hparams.in_channels).to(memory_format=torch.channels_last)
+        self.network = build_network(self.config, self.hparams.in_channels)
+        if self.config.channels_last:  # the CPU and GPU convolution kernels' fastest layout
+            self.network = self.network.to(memory_format=torch.channels_last)
 
     def configure_losses(self) -> None:
         self.criterion = build_loss(self.config.loss)
@@ -117,8 +98,23 @@ class SegmentationTask(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
 
+    def on_fit_start(self) -> None:
+        if self.transform is not None:  # each DDP rank draws its own augmentation
+            self.transform.reseed(self.config.seed + self.global_rank)
+        if self.config.compile:  # kept out of the module tree: the checkpoint holds the plain network
+            self.__dict__["_compiled"] = torch.compile(self.network)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.transform is None:
+            return batch
+        chips, masks = batch
+        augment = self.config.augment and self._trainer is not None and self.trainer.training
+        return self.transform(chips, masks, augment=augment)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.contiguous(memory_format=torch.channels_last))
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.__dict__.get("_compiled", self.network)(x)
 
     def _step(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
@@ -130,9 +126,14 @@ class SegmentationTask(L.LightningModule):
             probs, target = probs[valid], target[valid]
         if target.numel():
             metrics.update(probs, target)
-        # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end.
+        # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end;
+        # under DDP torchmetrics sums their states over the ranks first, so every rank (and so early
+        # stopping and the checkpoint's monitor) sees the metric of the whole split. Losses are
+        # reduced to the batch-size-weighted mean over the ranks.
+        distributed = self._trainer is not None and self.trainer.world_size > 1
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
-        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=x.shape[0], sync_dist=distributed)
         if stage == "train":
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
@@ -168,24 +169,70 @@ class SegmentationTask(L.LightningModule):
                 return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
 
-class HistoryCallback(Callback):
-    """Collect one row of epoch metrics (losses, metrics, learning rate) per epoch.
+class ChipDataModule(L.LightningDataModule):
+    """The train and validation loaders, built in each training process.
 
-    Each row also goes to every ``listener`` (:class:`~components.ml.metrics.EpochListener`), which
-    is how a tracker sees training live without depending on Lightning.
+    Under DDP Lightning shards the train split with a ``DistributedSampler``; the validation split
+    is sharded here without padding (``UnrepeatedDistributedSampler``), so no chip is counted twice
+    and the synced validation metrics are those of the whole split.
+
+    Args:
+        train: the train split (shuffled with ``seed``).
+        val: the validation split.
+        batch_size: chips per batch and device.
+        num_workers: loader worker processes per device.
+        pin_memory: page-locked batches, for asynchronous copies to a GPU.
+        seed: seed of the shuffling.
     """
 
-    def __init__(self, listeners: Sequence[EpochListener] = ()) -> None:
+    def __init__(self, train: Dataset, val: Dataset, batch_size: int, num_workers: int = 0,
+                 pin_memory: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.batch_size, self.seed = batch_size, seed
+        self.loader_options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        world_size, _ = self._ranks()
+        generator = torch.Generator().manual_seed(self.seed)
+        shard = len(self.train) // world_size
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=shard > self.batch_size,
+                          generator=generator, **self.loader_options)
+
+    def val_dataloader(self) -> DataLoader:
+        world_size, rank = self._ranks()
+        sampler = None
+        if world_size > 1:
+            sampler = UnrepeatedDistributedSampler(self.val, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(self.val, batch_size=self.batch_size, sampler=sampler, **self.loader_options)
+
+
+class HistoryCallback(Callback):
+    """Collect one row of epoch metrics (losses, metrics, learning rate) per epoch, on rank 0.
+
+    Each row also goes to every ``listener`` (:class:`~components.ml.metrics.EpochListener`), which
+    is how a tracker sees training live without depending on Lightning. At the end of the fit the
+    rows are written to ``spool`` (JSON), which is how they leave a spawned DDP process; other
+    ranks neither notify nor write.
+    """
+
+    def __init__(self, spool: Path, listeners: Sequence[EpochListener] = ()) -> None:
+        self.spool = Path(spool)
         self.rows: list[dict[str, float]] = []
         self.listeners = list(listeners)
         self.started = time.time()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for listener in self.listeners:
-            listener.fit_started()
+        if trainer.is_global_zero:
+            for listener in self.listeners:
+                listener.fit_started()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         row = epoch_row(trainer.current_epoch, trainer.callback_metrics, time.time() - self.started)
         self.rows.append(row)
@@ -193,8 +240,16 @@ class HistoryCallback(Callback):
             listener.epoch_ended(row)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        self.spool.write_text(json.dumps(self.rows))
         for listener in self.listeners:
             listener.fit_ended(self.rows)
+
+    def collected(self) -> list[dict[str, float]]:
+        """The rows rank 0 wrote (read back in the launching process after the fit)."""
+        return json.loads(self.spool.read_text()) if self.spool.exists() else []
 
 
 def load_network(checkpoint: Path) -> torch.nn.Module:

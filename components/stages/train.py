@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -11,7 +12,6 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from components.contracts.config import TrainConfig
 from components.contracts.errors import DatasetError, RunFolderError
@@ -26,9 +26,10 @@ from components.contracts.run_layout import (
     write_json,
 )
 from components.data.manifest import read_manifest
+from components.ml.distributed import Launch, choose_strategy, detect_launch
 from components.ml.metrics import MONITOR, EpochListener, best_row
 from components.ml.progress_bar import StderrProgressBar
-from components.ml.task import ChipDataset, HistoryCallback, SegmentationTask
+from components.ml.task import ChipDataModule, ChipDataset, HistoryCallback, SegmentationTask
 from components.reporting.progress import EpochLines
 
 
@@ -38,21 +39,27 @@ def _utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def on_gpu(config: TrainConfig) -> bool:
+    """Whether training runs on GPUs: asked for, or ``auto`` with one visible."""
+    return config.accelerator == "gpu" or (config.accelerator == "auto" and torch.cuda.is_available())
+
+
 def _precision(config: TrainConfig) -> str:
     if config.precision != "auto":
         return config.precision if config.precision != "32" else "32-true"
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    return "bf16-mixed" if on_gpu(config) else "32-true"
 
 
-def _loaders(by_split: dict[str, list], prep: Preprocessing, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
-    """Shuffled, augmented train batches (seeded) and plain validation batches."""
-    train_ds = ChipDataset(by_split["train"], prep, augment=config.augment, seed=config.seed)
-    val_ds = ChipDataset(by_split["val"], prep)
-    workers = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True,
-                              drop_last=len(train_ds) > config.batch_size, generator=generator, **workers)
-    return train_loader, DataLoader(val_ds, batch_size=config.batch_size, **workers)
+def num_workers(config: TrainConfig) -> int:
+    """Loader workers per device: ``config.num_workers``, else 0 on the CPU (the chips are decoded in
+    memory already; workers would take cores from the convolutions) and, on GPUs, the CPUs per
+    device less one for the training process, at most 8."""
+    if config.num_workers is not None:
+        return config.num_workers
+    if not on_gpu(config):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // config.devices - 1))
 
 
 def _progress(config: TrainConfig, progress_bar: bool) -> tuple[list[Callback], list[EpochListener]]:
@@ -64,14 +71,16 @@ def _progress(config: TrainConfig, progress_bar: bool) -> tuple[list[Callback], 
     return [], [EpochLines(config.epochs)]
 
 
-def _trainer(config: TrainConfig, callbacks: list[Callback], logger: Any) -> L.Trainer:
+def _trainer(config: TrainConfig, launch: Launch, callbacks: list[Callback], logger: Any) -> L.Trainer:
     """A Lightning trainer that stops early on the monitored metric; its bar only when ``callbacks``
     hold one."""
     progress_bar = any(isinstance(c, StderrProgressBar) for c in callbacks)
     return L.Trainer(
         max_epochs=config.epochs,
-        accelerator="auto",
-        devices=1,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=choose_strategy(config.devices, config.num_nodes, launch),
         precision=_precision(config),
         callbacks=[*callbacks, EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)],
         logger=logger,
@@ -98,23 +107,32 @@ def train(
         run_dir: run folder holding ``stats.json`` and the manifest.
         config: hyperparameters.
         data_dir: where the dataset is now (default: where the statistics stage read it).
-        callbacks: extra Lightning callbacks (e.g. a throughput timer).
+        callbacks: extra Lightning callbacks (e.g. a throughput timer); with ``config.devices`` above
+            1 they run in the spawned ranks, so what they record stays there.
         listeners: told of the fit's start, each epoch's row and its end (e.g. a tracker).
         logger: a Lightning logger or False.
         progress_bar: show progress on stderr: Lightning's bar on a terminal, else a line per
             epoch.
+
+    Under a launcher such as torchrun (:func:`~components.ml.distributed.detect_launch`) every
+    rank runs this function; global rank 0 alone locks the run folder and publishes, the others
+    train and return ``{"rank": r, "published": False}``.
 
     Returns:
         A summary: best epoch, best val IoU, epochs run, seconds, images per second.
     """
     layout = RunLayout(Path(run_dir))
     layout.require(layout.stats, layout.splits, stage="training")
+    launch = detect_launch(os.environ)
+    choose_strategy(config.devices, config.num_nodes, launch)  # refuse a bad launch before loading chips
+    if not launch.writes:  # another rank of a torchrun job: global rank 0 holds the folder
+        return _train(layout, config, launch, data_dir, callbacks, listeners, logger, progress_bar)
     with open_output(layout.root, "train", create=False):
-        return _train(layout, config, data_dir, callbacks, listeners, logger, progress_bar)
+        return _train(layout, config, launch, data_dir, callbacks, listeners, logger, progress_bar)
 
 
-def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callbacks: Sequence[Callback],
-           listeners: Sequence[EpochListener], logger: Any, progress_bar: bool) -> dict:
+def _train(layout: RunLayout, config: TrainConfig, launch: Launch, data_dir: Path | None,
+           callbacks: Sequence[Callback], listeners: Sequence[EpochListener], logger: Any, progress_bar: bool) -> dict:
     statistics = verify(layout, ["statistics"])["statistics"]
     stats = read_json(layout.stats)
     prep = Preprocessing.from_stats(stats)
@@ -125,24 +143,42 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
         if not members:
             raise DatasetError(f"{layout.splits}: the {split} split is empty; re-run the statistics stage")
 
+    ranks = config.devices * config.num_nodes
+    if len(by_split["val"]) < ranks:
+        raise DatasetError(f"{layout.splits}: the val split has {len(by_split['val'])} chip(s), fewer than "
+                           f"the {ranks} training process(es) (devices={config.devices} x num_nodes="
+                           f"{config.num_nodes}); every process needs at least one validation chip")
+
     L.seed_everything(config.seed, workers=True)
-    train_loader, val_loader = _loaders(by_split, prep, config)
-    task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold)
+    data = ChipDataModule(ChipDataset(by_split["train"], prep), ChipDataset(by_split["val"], prep),
+                          config.batch_size, num_workers(config), pin_memory=on_gpu(config), seed=config.seed)
+    task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold,
+                            preprocessing=prep.to_dict())
+    # Only rank 0 writes, and only here: the checkpoint and the epoch rows. This process publishes
+    # them into the run folder after the fit (under ddp_spawn it is not a rank at all; under
+    # torchrun only global rank 0 gets past the fit).
     partial_dir = layout.checkpoint.parent / ".partial"
-    shutil.rmtree(partial_dir, ignore_errors=True)
+    if launch.writes:
+        shutil.rmtree(partial_dir, ignore_errors=True)
     checkpoint = ModelCheckpoint(dirpath=partial_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
     bars, lines = _progress(config, progress_bar)
-    history = HistoryCallback([*listeners, *lines])
-    trainer = _trainer(config, [checkpoint, history, *bars, *callbacks], logger)
+    history = HistoryCallback(partial_dir / "history.json", [*listeners, *lines])
+    trainer = _trainer(config, launch, [checkpoint, history, *bars, *callbacks], logger)
     started = time.time()
     try:
-        trainer.fit(task, train_loader, val_loader)
+        trainer.fit(task, datamodule=data)
     except BaseException:
-        shutil.rmtree(partial_dir, ignore_errors=True)
+        if launch.writes:
+            shutil.rmtree(partial_dir, ignore_errors=True)
         raise
     finished = time.time()
+    if not launch.writes:
+        return {"rank": launch.rank, "published": False}
     seconds = finished - started
-    if not checkpoint.best_model_path:
+    rows = history.collected()
+    best = best_row(rows)
+    if not checkpoint.best_model_path or not Path(checkpoint.best_model_path).is_file() or best is None:
+        shutil.rmtree(partial_dir, ignore_errors=True)
         raise RuntimeError("training produced no checkpoint (no validation epoch finished)")
 
     # Publish: the checkpoint, config and history appear only after a completed fit, and only if
@@ -157,20 +193,21 @@ def _train(layout: RunLayout, config: TrainConfig, data_dir: Path | None, callba
     Path(checkpoint.best_model_path).replace(layout.checkpoint)
     shutil.rmtree(partial_dir, ignore_errors=True)
     write_json(layout.config, config.to_dict())
-    best = best_row(history.rows)
-    best_epoch = best["epoch"] if best else None
+    # The checkpoint keeps the first epoch with the highest val IoU, as best_row picks it.
     result = {
-        "best_epoch": best_epoch,
-        "best_val_iou": float(checkpoint.best_model_score),
-        "epochs_run": len(history.rows),
+        "best_epoch": best["epoch"],
+        "best_val_iou": float(best[MONITOR]),
+        "epochs_run": len(rows),
         "train_seconds": seconds,
-        "train_images_per_second": len(train_loader.dataset) * len(history.rows) / seconds if seconds else None,
-        "accelerator": "cuda" if torch.cuda.is_available() else "cpu",
+        "train_images_per_second": len(data.train) * len(rows) / seconds if seconds else None,
+        "accelerator": "cuda" if on_gpu(config) else "cpu",
+        "devices": config.devices,
+        "num_nodes": config.num_nodes,
         "precision": _precision(config),
     }
     lineage = {"statistics": statistics, "checkpoint": file_digest(layout.checkpoint)}
     write_json(layout.history, {"started_at": _utc_iso(started), "finished_at": _utc_iso(finished),
-                                "epochs": history.rows, "summary": result, "lineage": lineage})
+                                "epochs": rows, "summary": result, "lineage": lineage})
     update_summary(layout, checkpoint=layout.checkpoint, train_config=layout.config, history=layout.history, best_val_iou=result["best_val_iou"])
     return result
 

@@ -22,6 +22,7 @@ from components.contracts.preprocessing import Preprocessing, check_image_size
 from components.contracts.run_layout import RunLayout
 from components.data.manifest import read_manifest
 from components.data.pairs import IGNORE, find_pairs, load_example
+from components.ml.augmentation import BatchTransform
 from components.ml.losses import build_loss
 from components.ml.scoring import score
 from components.ml.task import ChipDataset
@@ -118,7 +119,9 @@ def test_nan_declared_as_nodata_is_left_out(tmp_path):
     np.testing.assert_allclose(prep["mean"], 0.5, atol=0.02)  # uniform(0, 1) pixels with data only
     assert stats["nodata_pixels"]["train"] == stats["counts"]["train"] * 8 * SIZE
     pairs = read_manifest(RunLayout(tmp_path / "run"))
-    x, y = ChipDataset(pairs, Preprocessing.from_stats(stats))[0]
+    raw, mask = ChipDataset(pairs, Preprocessing.from_stats(stats))[0]
+    x, y = BatchTransform(Preprocessing.from_stats(stats))(raw[None], mask[None])  # as validation does
+    x, y = x[0], y[0]
     assert torch.isfinite(x).all() and (x[:, :8] == 0).all() and (y[0, :8] == IGNORE).all()
     chip, _ = load_example(pairs[0], 16, float("nan"))  # resized: NaN never bleeds into data
     normalized = Preprocessing.from_stats(stats).normalize(chip)
