@@ -38,6 +38,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The description as written, and ``(default: X)`` after every option that has one and does
     not state it already."""
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
@@ -97,7 +102,7 @@ def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, (dict, list)):
         raise ParameterError(f"{where}: expected a single value, got {type(value).__name__}")
     convert = action.type
-    if convert is None:  # a string option: a YAML number or boolean is a mistake, not a string
+    if convert in (None, str):  # a string option: a YAML number or boolean is a mistake, not a string
         if not isinstance(value, str):
             raise ParameterError(f"{where}: expected a string, got {value!r} (quote it)")
         result = value
