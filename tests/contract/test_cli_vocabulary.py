@@ -16,6 +16,7 @@ import yaml
 import pipeline
 from components.cli import stages
 from components.cli.pipeline import APPLIES, MODES, build_parser
+from components.cli.pipeline import main as run_cli
 from components.cli.vocabulary import (
     NO_AUGMENT,
     PIPELINE_ONLY,
@@ -30,6 +31,21 @@ from components.kubeflow.cluster import ClusterSettings
 #: Options of every parser that are about the command itself.
 COMMON = {"--help", "--config", "--print-config", "--debug"}
 IMAGES = ["--image", "registry.example/campseg:test", "--gpu-image", "registry.example/campseg-cuda:test"]
+
+
+@functools.cache
+def _default_pipeline():
+    return pipeline.build_pipeline(ClusterSettings())
+
+
+def _build(settings: ClusterSettings):
+    """``pipeline.build_pipeline``, the default pipeline built once (building one takes seconds)."""
+    return _default_pipeline() if settings == ClusterSettings() else pipeline.build_pipeline(settings)
+
+
+def cli(argv: list[str]) -> int:
+    """``python pipeline.py ARGV`` (the training pipeline) in this process."""
+    return run_cli(argv, build_pipeline=_build, steps=pipeline.STEPS)
 
 
 @functools.cache
@@ -137,7 +153,7 @@ def test_every_pipeline_flag_is_shared_explained_or_bound_to_a_mode(pipeline_nam
 # ------------------------------------------------------------------------------------------
 def test_pipeline_help_tells_the_local_defaults(capsys):
     with pytest.raises(SystemExit):
-        pipeline.main(["--help"])
+        cli(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--train-epochs EPOCHS, --epochs EPOCHS" in text
     assert "default: 50 on a cluster; --run-local uses 15 unless given" in text
@@ -193,7 +209,7 @@ def test_stage_config_errors_name_the_file_and_the_key(tmp_path, capsys, text, n
 def test_pipeline_config_file_and_print_config(tmp_path, capsys):
     config = tmp_path / "local.yaml"
     config.write_text("epochs: 2\ndataset_uri: data/sample\nrunner: subprocess\nno-augment: true\n")
-    assert pipeline.main(["--run-local", "--config", str(config), "--train-epochs", "4", "--print-config"]) == 0
+    assert cli(["--run-local", "--config", str(config), "--train-epochs", "4", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train-epochs"] == 4 and printed["dataset-uri"] == "data/sample"
     assert printed["train-batch-size"] == 8  # the local default, as the run would get it
@@ -201,10 +217,10 @@ def test_pipeline_config_file_and_print_config(tmp_path, capsys):
     assert "schedule" not in printed and "image" not in printed  # only what --run-local takes
     again = tmp_path / "again.yaml"
     again.write_text(yaml.safe_dump(printed))
-    assert pipeline.main(["--run-local", "--config", str(again), "--print-config"]) == 0
+    assert cli(["--run-local", "--config", str(again), "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == printed
     # On a cluster the pipeline's own defaults apply.
-    assert pipeline.main(["--submit", "--dataset-uri", "s3://b/d", *IMAGES, "--print-config"]) == 0
+    assert cli(["--submit", "--dataset-uri", "s3://b/d", *IMAGES, "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train-epochs"] == 50 and printed["image"] == IMAGES[1]
 
@@ -221,14 +237,14 @@ def test_pipeline_config_errors_name_the_file_and_the_key(tmp_path, capsys, text
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     out = tmp_path / "run"
-    assert pipeline.main(["--run-local", "--output-dir", str(out), "--config", str(config)]) == 2
+    assert cli(["--run-local", "--output-dir", str(out), "--config", str(config)]) == 2
     line = [entry for entry in capsys.readouterr().err.splitlines() if entry.startswith("error:")][-1]
     assert str(config) in line and needle in line
     assert not out.exists()
 
 
 def test_missing_config_file_is_one_error_line(tmp_path, capsys):
-    assert pipeline.main(["--compile", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert cli(["--compile", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert f"--config {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
 
 
@@ -252,13 +268,13 @@ def test_missing_config_file_is_one_error_line(tmp_path, capsys):
 ])
 def test_flags_of_another_mode_are_refused(tmp_path, capsys, monkeypatch, flags, needle):
     monkeypatch.chdir(tmp_path)  # nothing may be written: no pipeline.yaml, no runs/local
-    assert pipeline.main(flags) == 2
+    assert cli(flags) == 2
     err = capsys.readouterr().err
     assert needle in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_flag_of_the_mode_given_with_its_default_value_is_fine(tmp_path, capsys):
-    assert pipeline.main(["--run-local", "--runner", "subprocess", "--output-dir", "runs/local",
+    assert cli(["--run-local", "--runner", "subprocess", "--output-dir", "runs/local",
                           "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["runner"] == "subprocess"
