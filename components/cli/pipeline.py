@@ -16,6 +16,12 @@ none: no image is guessed. ``--accelerator-count 0`` compiles for a CPU-only clu
 ``KF_PIPELINES_*`` variables kfp reads itself (``components/kubeflow/submission.py``).
 ``--schedule`` replaces the experiment's recurring run of the same name (``--run-name``).
 
+Every pipeline parameter is also taken under the name ``python -m components`` gives it
+(``--train-epochs``/``--epochs``; ``components/cli/vocabulary.py``). ``--config FILE`` reads the
+options from YAML (the mode stays on the command line, whose flags win); ``--print-config`` prints
+the effective options of the mode as such a file and exits. A flag the mode ignores is refused
+(:data:`APPLIES`).
+
 ``pipeline.py`` holds the pipeline and hands its factory to :func:`main`.
 """
 

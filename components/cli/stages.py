@@ -1,4 +1,9 @@
-"""``python -m components STAGE ...``: run one stage, or all of them, on a run folder."""
+"""``python -m components STAGE ...``: run one stage, or all of them, on a run folder.
+
+A pipeline parameter's option has the pipeline's name and the stage's short alias
+(``--train-epochs``/``--epochs``, ``components/cli/vocabulary.py``); every stage takes
+``--config FILE`` (YAML) and ``--print-config``.
+"""
 
 from __future__ import annotations
 
