@@ -111,9 +111,10 @@ def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
             raise ParameterError(f"{where}: expected a number, got {value!r}")
         try:
             result = convert(value if isinstance(value, str) else str(value))
-        except (argparse.ArgumentTypeError, TypeError, ValueError):
-            kind = _KINDS.get(convert, f"a value {getattr(convert, '__name__', '')} accepts")
-            raise ParameterError(f"{where}: expected {kind}, got {value!r}") from None
+        except argparse.ArgumentTypeError as exc:  # the option's own words
+            raise ParameterError(f"{where}: {exc}") from None
+        except (TypeError, ValueError):
+            raise ParameterError(f"{where}: expected {_KINDS.get(convert, 'another value')}, got {value!r}") from None
     if action.choices is not None and result not in action.choices:
         raise ParameterError(f"{where}: {result!r} is not one of {', '.join(map(str, action.choices))}")
     return result
@@ -169,11 +170,21 @@ def config_keys(parser: argparse.ArgumentParser) -> list[str]:
 
 def apply_config(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> None:
     """Make ``values`` (by destination) the defaults of ``parser``; an option they supply is no
-    longer required on the command line."""
-    parser.set_defaults(**values)
+    longer required on the command line. A repeatable option's list is filled in after parsing
+    (:func:`fill_repeated`), so that the command line's items replace the file's."""
+    repeated = {a.dest for a in parser._actions if isinstance(a, argparse._AppendAction)}
+    parser.set_defaults(**{dest: value for dest, value in values.items() if dest not in repeated})
     for action in parser._actions:
         if action.dest in values:
             action.required = False
+
+
+def fill_repeated(parser: argparse.ArgumentParser, args: argparse.Namespace, values: Mapping[str, Any]) -> None:
+    """The config file's items of each repeatable option the command line did not give."""
+    for action in parser._actions:
+        if isinstance(action, argparse._AppendAction) and action.dest in values:
+            if getattr(args, action.dest) is action.default:  # argparse copies the default to append
+                setattr(args, action.dest, list(values[action.dest]))
 
 
 def _suppress(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ from components.cli.options import (
     dump_config,
     effective_config,
     explicit_dests,
+    fill_repeated,
     parse_bool,
 )
 from components.cli.vocabulary import NO_AUGMENT, PREDICTION, TRAINING, flag, option_strings
@@ -486,6 +487,7 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
         return report(exc, debug, status=2)
     apply_config(parser, config)
     args = parser.parse_args(argv)
+    fill_repeated(parser, args, config)
     try:
         mode = next(m for m in MODES if getattr(args, m))
         check_mode(parser, args, mode, default.component_spec.inputs, argv, config, config_file)

@@ -21,6 +21,7 @@ from components.cli.options import (
     config_values,
     dump_config,
     effective_config,
+    fill_repeated,
     parse_bool,
 )
 from components.cli.vocabulary import NO_AUGMENT, PREDICTION, TRAINING, Term, option_strings, stage_dest
@@ -366,13 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)  # popped above: any position
     stage = _stage_parser(parser, argv)
+    config = {}
     try:
         path = config_path(argv)
         if path is not None and stage is not None:  # before parsing: the file may give required options
-            apply_config(stage, config_values(path, stage))
+            config = config_values(path, stage)
+            apply_config(stage, config)
     except Exception as exc:  # noqa: BLE001 - a bad config file ends in one error line
         return report(exc, debug, stream=sys.stderr)
     args = parser.parse_args(argv)
+    if stage is not None:
+        fill_repeated(stage, args, config)
     if args.print_config:
         sys.stdout.write(dump_config(effective_config(stage, args)))
         return 0

@@ -278,3 +278,13 @@ def test_a_flag_of_the_mode_given_with_its_default_value_is_fine(tmp_path, capsy
     assert cli(["--run-local", "--runner", "subprocess", "--output-dir", "runs/local",
                           "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["runner"] == "subprocess"
+
+
+def test_repeatable_options_on_the_command_line_replace_the_files(tmp_path, capsys):
+    config = tmp_path / "all.yaml"
+    config.write_text("out: runs/x\ndata: data/sample\nprovider: [Team A, Team B]\n")
+    assert stages.main(["all", "--config", str(config), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["provider"] == ["Team A", "Team B"] and printed["dataset-uri"] == "data/sample"
+    assert stages.main(["all", "--config", str(config), "--provider", "Team C", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["provider"] == ["Team C"]
