@@ -269,7 +269,8 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     cluster.add_argument("--images-file", type=Path, default=IMAGES_FILE,
                          help="where --build-images records the image references and --compile/--submit read "
                               "them when neither --image nor --gpu-image is given (default: %(default)s)")
-    cluster.add_argument("--accelerator-type", default=d.accelerator_type)
+    cluster.add_argument("--accelerator-type", default=d.accelerator_type,
+                         help="Kubernetes resource name of the training step's GPUs")
     cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count,
                          help="GPUs of the training step (default: %(default)s); 0 for a CPU-only cluster: no "
                               "accelerator, node selector or toleration on any step")
@@ -304,7 +305,9 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
                               "ephemeral storage, limited to --scratch-size")
     cluster.add_argument("--scratch-storage-class", default=d.scratch_storage_class,
                          help="StorageClass of the ephemeral scratch volume (default: the cluster's default)")
-    cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
+    cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM",
+                         help="CPU and memory requests and limits of a step instead of its row in the step table "
+                              "(repeatable)")
     parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     add_config_flags(parser, "the options (not the mode)")
     add_parameter_flags(parser, pipeline_func)

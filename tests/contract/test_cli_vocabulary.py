@@ -158,6 +158,9 @@ def test_pipeline_help_tells_the_local_defaults(capsys):
     assert "--train-epochs EPOCHS, --epochs EPOCHS" in text
     assert "default: 50 on a cluster; --run-local uses 15 unless given" in text
     assert "default: 16 on a cluster; --run-local uses 8 unless given" in text
+    for name in pipeline.PIPELINES:
+        for action in pipeline_parser(name)._actions:
+            assert action.help, f"pipeline.py {action.option_strings}: no help"
 
 
 def test_every_stage_option_has_a_description_and_its_default(capsys):
