@@ -16,6 +16,12 @@ none: no image is guessed. ``--accelerator-count 0`` compiles for a CPU-only clu
 ``KF_PIPELINES_*`` variables kfp reads itself (``components/kubeflow/submission.py``).
 ``--schedule`` replaces the experiment's recurring run of the same name (``--run-name``).
 
+Every pipeline parameter is also taken under the name ``python -m components`` gives it
+(``--train-epochs``/``--epochs``; ``components/cli/vocabulary.py``). ``--config FILE`` reads the
+options from YAML (the mode stays on the command line, whose flags win); ``--print-config`` prints
+the effective options of the mode as such a file and exits. A flag the mode ignores is refused
+(:data:`APPLIES`).
+
 ``pipeline.py`` holds the pipeline and hands its factory to :func:`main`.
 """
 
@@ -27,6 +33,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from components.cli.common import DEBUG_FLAG, DEBUG_HELP, check_numbers, pop_debug, report
+from components.cli.options import (
+    HelpFormatter,
+    add_config_flags,
+    apply_config,
+    config_path,
+    config_values,
+    dump_config,
+    effective_config,
+    explicit_dests,
+    fill_repeated,
+    parse_bool,
+)
+from components.cli.vocabulary import NO_AUGMENT, PREDICTION, TRAINING, flag, option_strings
 from components.contracts.config import TrainConfig
 from components.contracts.errors import ParameterError, PipelineInputError
 from components.kubeflow.cluster import ClusterSettings, Resources, Step
@@ -51,16 +70,42 @@ from components.kubeflow.submission import (
 
 #: ``build_pipeline(settings)``: the pipeline function, its steps configured for ``settings``.
 PipelineFactory = Callable[[ClusterSettings], Any]
-#: Python type of each KFP parameter type (booleans parse with :func:`_bool`).
-_KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": None}
+#: Python type of each KFP parameter type.
+_KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": parse_bool}
+#: Both pipelines' parameters and their aliases (the names of ``python -m components``).
+VOCABULARY = {**TRAINING, **PREDICTION}
 
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+#: The modes, by destination.
+MODES = {"compile": "--compile", "run_local": "--run-local", "submit": "--submit", "build_images": "--build-images"}
+_CLUSTER = ("compile", "submit", "build_images")
+_SUBMISSION = (("submit",), "a setting of the KFP submission")
+_CLUSTER_SETTING = (_CLUSTER, "a cluster setting, compiled into the pipeline YAML")
+_BUILD = (("build_images",), "a setting of the image build")
+_LOCAL = (("run_local",), "a setting of the local run")
+#: The modes each option applies to, and why (options of every mode: --config, --print-config,
+#: --debug). Pipeline parameters apply to --run-local and --submit (:data:`PARAMETERS_APPLY`).
+APPLIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "registry": _BUILD, "tag": _BUILD, "push": _BUILD, "wheelhouse": _BUILD,
+    "output": (("compile", "build_images"), "the path of the compiled pipeline YAML"),
+    "output_dir": _LOCAL, "runner": _LOCAL, "verbose": _LOCAL,
+    "host": _SUBMISSION, "namespace": _SUBMISSION, "existing_token": _SUBMISSION, "cookies": _SUBMISSION,
+    "experiment": _SUBMISSION, "version_name": _SUBMISSION, "service_account": _SUBMISSION,
+    "schedule": _SUBMISSION, "run_name": _SUBMISSION,
+    "package": (("submit",), "it uploads an already compiled pipeline"),
+    # --run-local --runner docker runs every step in the CPU image: --image, or the recorded one.
+    "image": (("compile", "submit", "build_images", "run_local"), "the CPU image of the steps"),
+    "images_file": (("compile", "submit", "build_images", "run_local"), "where the built images are recorded"),
+    **{name: _CLUSTER_SETTING for name in (
+        "gpu_image", "accelerator_type", "accelerator_count", "gpu_node_selector", "gpu_toleration",
+        "only_gpu_pool", "storage_secret", "mlflow_secret", "config_map", "retries", "retry_backoff",
+        "pod_retries", "scratch_size", "scratch_volume", "scratch_storage_class", "resources",
+        "train_nodes", "train_gpus_per_node", "train_job_kind", "train_runtime", "train_job_prefix",
+        "train_job_timeout")},
+}
+PARAMETERS_APPLY = (("run_local", "submit"), "a pipeline parameter: a run's value; a compiled pipeline "
+                    "takes it when a run starts in the KFP UI")
+#: Cluster settings that --submit --package cannot change (the YAML is uploaded as compiled).
+_COMPILED = [name for name, (modes, _) in APPLIES.items() if modes == _CLUSTER or name == "image"]
 
 
 def parse_resources(text: str) -> tuple[str, Resources]:
@@ -73,13 +118,28 @@ def parse_resources(text: str) -> tuple[str, Resources]:
     return step, Resources(cpu_req, cpu_lim, mem_req, mem_lim)
 
 
+def _default_text(name: str, spec) -> str:
+    """What the help says of a parameter's default: the truth for --run-local too."""
+    if spec.default is None:
+        return "required by --submit; --run-local uses the sample dataset" if name == "dataset_uri" else "required"
+    shown = repr(spec.default) if spec.default == "" else spec.default
+    if name in LOCAL_DEFAULTS and LOCAL_DEFAULTS[name] != spec.default:
+        return f"default: {shown} on a cluster; --run-local uses {LOCAL_DEFAULTS[name]} unless given"
+    return f"default: {shown}"
+
+
 def add_parameter_flags(parser: argparse.ArgumentParser, pipeline_func) -> None:
-    """One ``--flag`` per pipeline parameter, with the docstring's description as help."""
-    group = parser.add_argument_group("pipeline parameters (default: the pipeline's own)")
+    """One option per pipeline parameter, named ``--PARAMETER`` and by its aliases, with the
+    docstring's description and the actual default as help."""
+    group = parser.add_argument_group(
+        "pipeline parameters (--run-local and --submit; each also under the name python -m components gives it)")
     for name, spec in pipeline_func.component_spec.inputs.items():
-        kind = _KFP_TYPES[spec.type] or _bool
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                           help=f"{spec.description} (default: {spec.default!r})")
+        group.add_argument(*option_strings(name, VOCABULARY), dest=name, type=_KFP_TYPES[spec.type], default=None,
+                           metavar="BOOL" if spec.type == "Boolean" else name.split("_", 1)[-1].upper(),
+                           help=f"{spec.description} ({_default_text(name, spec)})")
+        if name == "train_augment":
+            group.add_argument(NO_AUGMENT, dest=name, action="store_false", default=argparse.SUPPRESS,
+                               help="same as --train-augment false")
 
 
 def pipeline_arguments(args: argparse.Namespace, pipeline_func, local: bool) -> dict[str, Any]:
@@ -89,10 +149,6 @@ def pipeline_arguments(args: argparse.Namespace, pipeline_func, local: bool) -> 
     if local:
         chosen = {**LOCAL_DEFAULTS, **chosen}
     return chosen
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> None:
@@ -122,7 +178,7 @@ def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> Non
         text = str(exc)
         for field in train:
             if text.startswith(f"{field}="):
-                text = _flag("train_" + field) + text[len(field):]
+                text = flag("train_" + field) + text[len(field):]
         raise ParameterError(text) from None
     if "split_train_ratio" in values:
         SplitRatios(values["split_train_ratio"], values["split_val_ratio"], values["split_test_ratio"])
@@ -167,7 +223,7 @@ def settings_from_args(args: argparse.Namespace, steps: Mapping[str, Step]) -> C
 
 def build_parser(pipeline_func) -> argparse.ArgumentParser:
     """The flags: a mode, its options, the cluster settings and one flag per pipeline parameter."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__, formatter_class=HelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--compile", action="store_true", help="write the pipeline YAML")
     mode.add_argument("--run-local", action="store_true", help="run with kfp.local in this environment")
@@ -221,7 +277,8 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     cluster.add_argument("--images-file", type=Path, default=IMAGES_FILE,
                          help="where --build-images records the image references and --compile/--submit read "
                               "them when neither --image nor --gpu-image is given (default: %(default)s)")
-    cluster.add_argument("--accelerator-type", default=d.accelerator_type)
+    cluster.add_argument("--accelerator-type", default=d.accelerator_type,
+                         help="Kubernetes resource name of the training step's GPUs")
     cluster.add_argument("--accelerator-count", type=int, default=d.accelerator_count,
                          help="GPUs of the training step (default: %(default)s); 0 for a CPU-only cluster: no "
                               "accelerator, node selector or toleration on any step")
@@ -256,7 +313,9 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
                               "ephemeral storage, limited to --scratch-size")
     cluster.add_argument("--scratch-storage-class", default=d.scratch_storage_class,
                          help="StorageClass of the ephemeral scratch volume (default: the cluster's default)")
-    cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM")
+    cluster.add_argument("--resources", action="append", type=parse_resources, metavar="STEP=CPU_REQ,CPU_LIM,MEM_REQ,MEM_LIM",
+                         help="CPU and memory requests and limits of a step instead of its row in the step table "
+                              "(repeatable)")
     cluster.add_argument("--train-nodes", type=int, default=d.train_nodes,
                          help="nodes of the training (default: %(default)s). N > 1: the training step submits a "
                               "Kubeflow Trainer TrainJob (or --train-job-kind pytorchjob) of N nodes, waits for it "
@@ -275,6 +334,7 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
                          help="how long the training step waits for the job, e.g. 90m or 24h (default: "
                               "%(default)s); the job's activeDeadlineSeconds too")
     parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+    add_config_flags(parser, "the options (not the mode)")
     add_parameter_flags(parser, pipeline_func)
     return parser
 
@@ -324,7 +384,7 @@ def submit_command(args: argparse.Namespace, build_pipeline: PipelineFactory, st
     inputs = build_pipeline(ClusterSettings()).component_spec.inputs
     if "dataset_uri" in inputs and "dataset_uri" not in arguments:
         raise PipelineInputError("--submit needs --dataset-uri (an s3:// prefix the cluster can read)")
-    missing = [_flag(name) for name, spec in inputs.items() if spec.default is None and name not in arguments]
+    missing = [flag(name) for name, spec in inputs.items() if spec.default is None and name not in arguments]
     if missing:
         raise PipelineInputError(f"--submit needs {', '.join(missing)}")
     if args.schedule:
@@ -345,6 +405,93 @@ def submit_command(args: argparse.Namespace, build_pipeline: PipelineFactory, st
         print(f"Replaced (disabled, then deleted) the recurring run(s) called {result.name}: {', '.join(result.replaced)}.")
 
 
+def _typed(action: argparse.Action, argv: Sequence[str]) -> str:
+    """The name the user gave ``action`` on the command line (``--epochs``), else its first."""
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name in action.option_strings:
+            return name
+    return action.option_strings[0]
+
+
+def _applies(dest: str, inputs: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    """The modes option ``dest`` applies to and why; None for an option of every mode."""
+    if dest in inputs:
+        return PARAMETERS_APPLY
+    return APPLIES.get(dest)
+
+
+def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: str, inputs: Mapping[str, Any],
+               argv: Sequence[str], config: Mapping[str, Any], config_file: Path | None) -> None:
+    """Refuse an option given (on the command line ``argv`` or in the config file) that ``mode``
+    ignores; ``inputs`` are the pipeline's parameters.
+
+    Raises:
+        ParameterError: naming the flag (as typed, or the config file and key) and the mode.
+    """
+    explicit = explicit_dests(parser, argv)
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if action.option_strings:
+            actions.setdefault(action.dest, action)
+    for dest in [d for d in actions if d in explicit or d in config]:
+        applies = _applies(dest, inputs)
+        if applies is None or mode in applies[0]:
+            continue
+        modes, why = applies
+        where = _where(actions[dest], argv if dest in explicit else None, config_file)
+        names = [MODES[m] for m in modes]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise ParameterError(f"{where} goes with {listed}, not {MODES[mode]} ({why})")
+    chosen = explicit | set(config)
+    if mode == "run_local" and args.runner != "docker":
+        for dest in ("image", "images_file"):
+            if dest in chosen:
+                where = _where(actions[dest], argv if dest in explicit else None, config_file)
+                raise ParameterError(f"{where} goes with --run-local only with --runner docker (the steps' image)")
+    if mode == "submit" and args.package is not None:
+        for dest in _COMPILED:
+            if dest in chosen:
+                where = _where(actions[dest], argv if dest in explicit else None, config_file)
+                raise ParameterError(f"--package uploads the YAML as compiled, with its images and cluster "
+                                     f"settings: drop {where}, or drop --package to compile with it")
+
+
+def _where(action: argparse.Action, argv: Sequence[str] | None, config_file: Path | None) -> str:
+    """The option as the user gave it: its name in ``argv``, else the config file's key."""
+    if argv is not None:
+        return _typed(action, argv)
+    return f"{config_file}: {action.option_strings[0].removeprefix('--')}"
+
+
+def mode_config(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: str, pipeline_func,
+                arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of ``mode`` as a config file: each option that applies to it, the pipeline's
+    parameters with the values the run would get."""
+    inputs = pipeline_func.component_spec.inputs
+    values = None
+    if arguments is not None:
+        values = {name: spec.default for name, spec in inputs.items()}
+        values.update(arguments)
+
+    def keep(action: argparse.Action) -> bool:
+        if action.dest in MODES:
+            return False
+        applies = _applies(action.dest, inputs)
+        if mode == "run_local" and args.runner != "docker" and action.dest in ("image", "images_file"):
+            return False
+        if mode == "submit" and args.package is not None and action.dest in _COMPILED:
+            return False
+        return applies is None or mode in applies[0]
+
+    def to_yaml(dest: str, value: Any) -> Any:
+        if dest == "resources" and value:
+            return [f"{step}={r.cpu_request},{r.cpu_limit},{r.memory_request},{r.memory_limit}" for step, r in value]
+        return value
+
+    return effective_config(parser, args, keep=keep, values=values, to_yaml=to_yaml)
+
+
 def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Mapping[str, Step]) -> int:
     """Parse ``argv`` and run its mode; errors reach the user as one ``error:`` line.
 
@@ -360,19 +507,26 @@ def main(argv: Sequence[str] | None, build_pipeline: PipelineFactory, steps: Map
     """
     argv, debug = pop_debug(argv)
     default = build_pipeline(ClusterSettings())
-    args = build_parser(default).parse_args(argv)
+    parser = build_parser(default)
+    config_file = config_path(argv)
     try:
-        if args.package is not None and not args.submit:
-            raise ParameterError("--package goes with --submit (it uploads an already compiled pipeline)")
-        submit_only = [flag for flag, value in (("--schedule", args.schedule), ("--namespace", args.namespace),
-                                                ("--existing-token", args.existing_token),
-                                                ("--cookies", args.cookies), ("--run-name", args.run_name))
-                       if value is not None]
-        if submit_only and not args.submit:
-            raise ParameterError(f"{submit_only[0]} goes with --submit (a setting of the KFP submission)")
-        if args.package is not None and (args.image or args.gpu_image):
-            raise ParameterError("--package uploads the YAML as compiled, with its images: drop "
-                                 "--image/--gpu-image, or drop --package to compile with them")
+        config = {} if config_file is None else config_values(config_file, parser, refused={
+            m: "the mode is given on the command line" for m in MODES.values()})
+    except ParameterError as exc:
+        return report(exc, debug, status=2)
+    apply_config(parser, config)
+    args = parser.parse_args(argv)
+    fill_repeated(parser, args, config)
+    try:
+        mode = next(m for m in MODES if getattr(args, m))
+        check_mode(parser, args, mode, default.component_spec.inputs, argv, config, config_file)
+        if args.print_config:
+            arguments = None
+            if mode in PARAMETERS_APPLY[0]:
+                arguments = pipeline_arguments(args, default, local=mode == "run_local")
+                check_pipeline_arguments(arguments, default)
+            print(dump_config(mode_config(parser, args, mode, default, arguments)), end="")
+            return 0
         if args.compile:
             path = compile_package(build_pipeline(cluster_settings(args, steps)), args.output)
             print(f"Wrote {path}: upload it in the Kubeflow Pipelines UI (Pipelines > Upload pipeline).")

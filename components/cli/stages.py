@@ -1,4 +1,9 @@
-"""``python -m components STAGE ...``: run one stage, or all of them, on a run folder."""
+"""``python -m components STAGE ...``: run one stage, or all of them, on a run folder.
+
+A pipeline parameter's option has the pipeline's name and the stage's short alias
+(``--train-epochs``/``--epochs``, ``components/cli/vocabulary.py``); every stage takes
+``--config FILE`` (YAML) and ``--print-config``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,18 @@ import sys
 from pathlib import Path
 from typing import Sequence, get_args
 
+from components.cli.options import (
+    HelpFormatter,
+    add_config_flags,
+    apply_config,
+    config_path,
+    config_values,
+    dump_config,
+    effective_config,
+    fill_repeated,
+    parse_bool,
+)
+from components.cli.vocabulary import NO_AUGMENT, PREDICTION, TRAINING, Term, option_strings, stage_dest
 from components.contracts.config import (
     AcceleratorName,
     Architecture,
@@ -19,29 +36,39 @@ from components.contracts.config import (
 )
 from components.contracts.errors import PipelineInputError
 from components.contracts.ownership import open_output
-from components.contracts.preprocessing import DEFAULT_CLASS_NAME
+from components.contracts.preprocessing import DEFAULT_CLASS_NAME, Preprocessing
 from components.contracts.run_layout import RunLayout, read_json
 from components.data.splits import SplitRatios
 
 SAMPLE_CHIPS = 64
 SAMPLE_SIZE = 128
+MODEL_NAME = "camp-segmentation"
+
+
+def _term(p: argparse.ArgumentParser, name: str, table: dict[str, Term] = TRAINING, **kwargs) -> None:
+    """The option of pipeline parameter ``name``: its pipeline name and its aliases (vocabulary)."""
+    p.add_argument(*option_strings(name, table), dest=stage_dest(name, table), **kwargs)
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", type=Path, required=required, help="dataset folder with chips/ and labels/")
+    _term(p, "dataset_uri", type=Path, required=required, metavar="DIR",
+          help="dataset folder with chips/ and labels/ paired by file stem")
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-size", type=int, default=None, help="network input size (default: the chips' size)")
+    _term(p, "dataset_image_size", type=int, default=0,
+          help="network input size in pixels (a multiple of 2**depth); 0: the chips' own size")
     ratios = SplitRatios()
-    p.add_argument("--train-ratio", type=float, default=ratios.train)
-    p.add_argument("--val-ratio", type=float, default=ratios.val)
-    p.add_argument("--test-ratio", type=float, default=ratios.test)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--threshold", type=float, default=0.5, help="camp probability threshold")
-    p.add_argument("--class-name", default=DEFAULT_CLASS_NAME,
-                   help="name of the foreground class (value 1) in figures, the STAC item and the DLPK "
-                        "(default: %(default)s; e.g. building)")
+    _term(p, "split_train_ratio", type=float, default=ratios.train, help="fraction of ground groups in the train split")
+    _term(p, "split_val_ratio", type=float, default=ratios.val,
+          help="fraction of ground groups in the validation split (model selection, early stopping)")
+    _term(p, "split_test_ratio", type=float, default=ratios.test,
+          help="fraction of ground groups in the test split (evaluation)")
+    _term(p, "split_seed", type=int, default=TrainConfig.seed, help="seed of the split hash and of training")
+    _term(p, "model_threshold", type=float, default=Preprocessing.threshold,
+          help="camp probability at or above which a pixel is camp")
+    _term(p, "model_class_name", default=DEFAULT_CLASS_NAME,
+          help="name of the foreground class (value 1) in figures, the STAC item and the DLPK, e.g. building")
     p.add_argument("--nodata", type=float, default=None,
                    help="chip value meaning no data (all bands equal to it; 'nan' allowed), besides "
                         "GeoTIFF nodata and alpha 0; left out of statistics, loss and metrics")
@@ -51,20 +78,29 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    p.add_argument("--architecture", default=defaults.architecture, choices=get_args(Architecture))
-    p.add_argument("--base-channels", type=int, default=defaults.base_channels)
-    p.add_argument("--depth", type=int, default=defaults.depth)
-    p.add_argument("--encoder-name", default=defaults.encoder_name)
-    p.add_argument("--loss", default=defaults.loss, choices=get_args(LossName))
-    p.add_argument("--optimizer", default=defaults.optimizer, choices=get_args(OptimizerName))
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=get_args(ScheduleName))
-    p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--precision", default=defaults.precision, choices=get_args(PrecisionName))
+    _term(p, "train_architecture", default=defaults.architecture, choices=get_args(Architecture),
+          help="unet (this project's U-Net), smp_unet (needs segmentation_models_pytorch) or seed_baseline")
+    _term(p, "train_base_channels", type=int, default=defaults.base_channels,
+          help="channels of the first U-Net level; each level doubles them")
+    _term(p, "train_depth", type=int, default=defaults.depth, help="number of 2x poolings of the U-Net encoder")
+    p.add_argument("--encoder-name", default=defaults.encoder_name, help="encoder of smp_unet")
+    _term(p, "train_loss", default=defaults.loss, choices=get_args(LossName), help="training loss")
+    _term(p, "train_optimizer", default=defaults.optimizer, choices=get_args(OptimizerName),
+          help="adamw (with weight decay), adam or sgd (with momentum 0.9)")
+    _term(p, "train_learning_rate", type=float, default=defaults.learning_rate, help="initial learning rate")
+    _term(p, "train_weight_decay", type=float, default=defaults.weight_decay, help="weight decay of adamw and sgd")
+    _term(p, "train_lr_schedule", default=defaults.lr_schedule, choices=get_args(ScheduleName),
+          help="cosine, plateau (reduce on validation-loss plateau) or none")
+    _term(p, "train_augment", type=parse_bool, default=defaults.augment, metavar="BOOL",
+          help="flips, 90-degree rotations and brightness/contrast jitter on the train split")
+    p.add_argument(NO_AUGMENT, dest="augment", action="store_false", default=argparse.SUPPRESS,
+                   help="same as --train-augment false")
+    _term(p, "train_epochs", type=int, default=defaults.epochs, help="maximum number of epochs")
+    _term(p, "train_batch_size", type=int, default=defaults.batch_size, help="chips per batch")
+    _term(p, "train_patience", type=int, default=defaults.patience,
+          help="epochs without validation-IoU improvement before early stopping")
+    _term(p, "train_precision", default=defaults.precision, choices=get_args(PrecisionName),
+          help="auto (bf16 mixed precision on GPU, fp32 on CPU), 32, bf16-mixed or 16-mixed")
     p.add_argument("--accelerator", default=defaults.accelerator, choices=get_args(AcceleratorName),
                    help="auto: a GPU when one is visible")
     p.add_argument("--devices", type=int, default=defaults.devices,
@@ -91,73 +127,86 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _stage(sub, name: str, helptext: str) -> argparse.ArgumentParser:
+    """A stage's parser: help with the defaults, and ``--config``/``--print-config``."""
+    p = sub.add_parser(name, help=helptext, description=helptext, formatter_class=HelpFormatter)
+    add_config_flags(p, f"the options of {name}")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m components", description=__doc__)
+    """The stages and their options; a pipeline parameter's option has the pipeline's name first,
+    then the stage's short alias (``--train-epochs/--epochs``, components/cli/vocabulary.py)."""
+    parser = argparse.ArgumentParser(prog="python -m components", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
 
-    p = sub.add_parser("sample-data", help="write the synthetic sample dataset")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--chips", type=int, default=SAMPLE_CHIPS)
-    p.add_argument("--size", type=int, default=SAMPLE_SIZE)
-    p.add_argument("--seed", type=int, default=0)
+    p = _stage(sub, "sample-data", "write the synthetic sample dataset")
+    p.add_argument("--out", type=Path, required=True, help="the dataset folder to write")
+    p.add_argument("--chips", type=int, default=SAMPLE_CHIPS, help="number of chips")
+    p.add_argument("--size", type=int, default=SAMPLE_SIZE, help="pixels per chip side")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator")
 
-    p = sub.add_parser("sample-scene", help="write a georeferenced synthetic scene (GeoTIFF) to try predict on")
+    p = _stage(sub, "sample-scene", "write a georeferenced synthetic scene (GeoTIFF) to try predict on")
     p.add_argument("--out", type=Path, required=True, help="the scene's path (its labels go beside it)")
     p.add_argument("--tiles", type=int, default=8, help="chips per side")
     p.add_argument("--size", type=int, default=SAMPLE_SIZE, help="pixels per chip side")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the generator")
 
-    p = sub.add_parser("stats", help="validate, split and compute statistics")
+    p = _stage(sub, "stats", "validate, split and compute statistics")
     _add_data_args(p, True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--depth", type=int, default=TrainConfig().network_depth, help="poolings of the network")
+    _term(p, "train_depth", type=int, default=TrainConfig().network_depth,
+          help="2x poolings of the network (the input size must be a multiple of 2**depth)")
     _add_stats_args(p)
 
-    p = sub.add_parser("train", help="train on a run folder's splits")
-    p.add_argument("--run", type=Path, required=True)
+    p = _stage(sub, "train", "train on a run folder's splits")
+    p.add_argument("--run", type=Path, required=True, help="run folder of stats")
     _add_data_args(p, False)
-    p.add_argument("--seed", type=int, default=42)
+    _term(p, "split_seed", type=int, default=TrainConfig.seed, help="seed of training")
     _add_train_args(p)
 
-    p = sub.add_parser("export", help="export state dict, TorchScript and ONNX with parity checks")
-    p.add_argument("--run", type=Path, required=True)
+    p = _stage(sub, "export", "export state dict, TorchScript and ONNX with parity checks")
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
     _add_data_args(p, False)
 
-    p = sub.add_parser("evaluate", help="evaluate the ONNX model on the test split or another folder")
-    p.add_argument("--run", type=Path, required=True)
+    p = _stage(sub, "evaluate", "evaluate the ONNX model on the test split or another folder")
+    p.add_argument("--run", type=Path, required=True, help="exported run folder")
     _add_data_args(p, False)
     p.add_argument("--out", type=Path, default=None,
-                   help="evaluate all chips of --data into this folder: new, empty, or an earlier evaluate --out")
+                   help="evaluate all chips of --dataset-uri into this folder: new, empty, or an earlier "
+                        "evaluate --out (default: the run folder's test split)")
 
-    p = sub.add_parser("predict", help="map camps on whole GeoTIFF scenes: mask and probability COGs, polygons")
+    p = _stage(sub, "predict", "map camps on whole GeoTIFF scenes: mask and probability COGs, polygons")
     p.add_argument("--run", type=Path, required=True, help="trained run folder (stats.json, models/model.onnx)")
-    p.add_argument("--input", required=True, help="a GeoTIFF/COG scene, a folder of them, or an s3:// prefix")
+    _term(p, "scene_uri", PREDICTION, required=True, metavar="SCENES",
+          help="a GeoTIFF/COG scene, a folder of them, or an s3:// prefix")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new, empty, or an earlier predict --out (its files are replaced)")
-    p.add_argument("--threshold", type=float, default=None, help="camp probability threshold (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None,
-                   help="pixels neighbouring windows share, blended (default: a quarter of the model's tile)")
+    _term(p, "predict_threshold", PREDICTION, type=float, default=0.0,
+          help="camp probability threshold; 0: the model's own")
+    _term(p, "predict_overlap", PREDICTION, type=int, default=-1,
+          help="pixels neighbouring windows share, blended; -1: a quarter of the model's tile")
     p.add_argument("--batch-size", type=int, default=8, help="windows per ONNX Runtime call")
-    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many m²")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cuda uses ONNX Runtime's CUDA provider when present (CPU otherwise)")
+    _term(p, "predict_min_area_m2", PREDICTION, type=float, default=0.0, help="drop polygons smaller than this many m²")
+    _term(p, "predict_device", PREDICTION, choices=("cpu", "cuda"), default="cpu",
+          help="cuda uses ONNX Runtime's CUDA provider when present (CPU otherwise)")
     p.add_argument("--resample", action="store_true",
                    help="predict a scene of another resolution at the training resolution instead of refusing it")
 
     for name, helptext in (("dlpk", "package an Esri .dlpk"), ("stac", "write the STAC-MLM item")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--run", type=Path, required=True)
-        p.add_argument("--model-name", default="camp-segmentation")
+        p = _stage(sub, name, helptext)
+        p.add_argument("--run", type=Path, required=True, help="evaluated run folder")
+        _term(p, "model_name", default=MODEL_NAME, help="name of the model in the package and the STAC item")
         if name == "dlpk":
             p.add_argument("--model-version", default=None,
                            help="the .emd Version: the registered model version (default: unregistered)")
         else:
             _add_stac_args(p)
 
-    p = sub.add_parser("all", help="stats, train, export, evaluate, dlpk and stac in sequence")
+    p = _stage(sub, "all", "stats, train, export, evaluate, dlpk and stac in sequence")
     _add_data_args(p, False)
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--model-name", default="camp-segmentation")
+    _term(p, "model_name", default=MODEL_NAME, help="name of the model in the package and the STAC item")
     _add_stats_args(p)
     _add_train_args(p)
     _add_stac_args(p)
@@ -236,7 +285,7 @@ def run_all(args: argparse.Namespace) -> dict:
                 data = generate_sample_dataset(args.out / "sample-data", SAMPLE_CHIPS, SAMPLE_SIZE, seed=0)
         ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
         with lines.stage("stats"):
-            compute_statistics(data, args.out, args.image_size, config.network_depth, ratios, args.seed,
+            compute_statistics(data, args.out, args.image_size or None, config.network_depth, ratios, args.seed,
                                args.threshold, fingerprint=_fingerprint(data), nodata=args.nodata,
                                max_pixels_per_image=args.max_pixels, class_name=args.class_name)
         with lines.stage("train"):
@@ -267,7 +316,9 @@ def run_predict(args: argparse.Namespace) -> dict:
     from components.stages.predict import predict_scenes
     from components.storage import is_s3_uri, materialize
 
-    options = dict(threshold=args.threshold, overlap=args.overlap, batch_size=args.batch_size,
+    # The pipeline's conventions: threshold 0 is the model's own, overlap -1 a quarter of the tile.
+    options = dict(threshold=args.threshold or None, overlap=None if args.overlap == -1 else args.overlap,
+                   batch_size=args.batch_size,
                    min_area_m2=args.min_area, device=args.device, resample=args.resample)
     if not is_s3_uri(args.input):
         return predict_scenes(args.run, Path(args.input), args.out, **options)
@@ -299,7 +350,7 @@ def dispatch(args: argparse.Namespace) -> dict | None:
             from components.stages.stats import compute_statistics
 
             ratios = SplitRatios(args.train_ratio, args.val_ratio, args.test_ratio)
-            return compute_statistics(args.data, args.out, args.image_size, args.depth, ratios, args.seed,
+            return compute_statistics(args.data, args.out, args.image_size or None, args.depth, ratios, args.seed,
                                       args.threshold, fingerprint=_fingerprint(args.data), nodata=args.nodata,
                                       max_pixels_per_image=args.max_pixels, class_name=args.class_name)
         case "train":
@@ -331,6 +382,13 @@ def dispatch(args: argparse.Namespace) -> dict | None:
     raise AssertionError(args.stage)
 
 
+def _stage_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser | None:
+    """The parser of the stage ``argv`` names (its first word), if any."""
+    stages = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return stages.get(word)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stage; its result (JSON) is all that reaches stdout, its progress goes to stderr.
 
@@ -342,7 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = pop_debug(argv)
     parser = build_parser()
     parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)  # popped above: any position
+    stage = _stage_parser(parser, argv)
+    config = {}
+    try:
+        path = config_path(argv)
+        if path is not None and stage is not None:  # before parsing: the file may give required options
+            config = config_values(path, stage)
+            apply_config(stage, config)
+    except Exception as exc:  # noqa: BLE001 - a bad config file ends in one error line
+        return report(exc, debug, stream=sys.stderr)
     args = parser.parse_args(argv)
+    if stage is not None:
+        fill_repeated(stage, args, config)
+    if args.print_config:
+        sys.stdout.write(dump_config(effective_config(stage, args)))
+        return 0
     try:
         check_numbers(args, seeds=("seed",), nan_allowed=("nodata",))  # --nodata nan is a value
         with stdout_to_stderr():  # what the stages and their libraries print is progress, not result
