@@ -144,6 +144,9 @@ def config_values(path: Path, parser: argparse.ArgumentParser, refused: Mapping[
         if action.nargs == 0:  # a switch: store_true, store_false, store_const
             if not isinstance(value, bool):
                 raise ParameterError(f"{where}: expected true or false, got {value!r}")
+            if isinstance(action, argparse.BooleanOptionalAction):  # --channels-last / --no-channels-last
+                values[action.dest] = value if not option.startswith("--no-") else not value
+                continue
             if isinstance(action, argparse._StoreConstAction) and not isinstance(action, argparse._StoreTrueAction):
                 if value:  # --no-augment: true; false leaves the other flag of the same option to decide
                     values[action.dest] = action.const

@@ -108,6 +108,7 @@ STAGE_ONLY: dict[str, str] = {
     "--num-workers": "the pipeline's training step takes it from the pod's CPUs",
     "--compile": "the pipeline has no parameter for it yet",
     "--channels-last": "the pipeline has no parameter for it yet (it is on by default)",
+    "--no-channels-last": "the pipeline has no parameter for it yet (--channels-last is on by default)",
 }
 
 
