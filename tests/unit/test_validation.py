@@ -106,9 +106,17 @@ def test_parameters_out_of_range(dataset, tmp_path, flags, text):
     assert_rejected(dataset, tmp_path / "run", text, extra=flags)
 
 
-@pytest.mark.parametrize("size", ["100", "8", "0"])
+@pytest.mark.parametrize("size", ["100", "8"])
 def test_image_size_the_network_cannot_take(dataset, tmp_path, size):
     assert_rejected(dataset, tmp_path / "run", f"image_size={size}", "multiple of 16", extra=("--image-size", size))
+
+
+def test_image_size_0_is_the_chips_own_size_as_in_the_pipeline(dataset, tmp_path):
+    import json
+
+    proc = run_components("stats", "--data", str(dataset), "--out", str(tmp_path / "run"), "--image-size", "0")
+    chips = {Image.open(chip).size for chip in (dataset / "chips").iterdir()}
+    assert len(chips) == 1 and json.loads(proc.stdout)["preprocessing"]["image_size"] == chips.pop()[0]
 
 
 def test_native_size_the_network_cannot_take(tmp_path):
