@@ -8,24 +8,19 @@ STAC item and the champion rule read it from there under the same name.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-)
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
-#: Name -> binary torchmetrics class (each takes ``threshold=``), in the order reports show them.
-METRICS: dict[str, type[Metric]] = {
-    "iou": BinaryJaccardIndex,
-    "f1": BinaryF1Score,
-    "precision": BinaryPrecision,
-    "recall": BinaryRecall,
-    "accuracy": BinaryAccuracy,
+#: Name -> binary class of ``torchmetrics.classification`` (each takes ``threshold=``), in the order
+#: reports show them. Class names, so that the names alone (tracking, pipeline.py) import no torch.
+METRICS: dict[str, str] = {
+    "iou": "BinaryJaccardIndex",
+    "f1": "BinaryF1Score",
+    "precision": "BinaryPrecision",
+    "recall": "BinaryRecall",
+    "accuracy": "BinaryAccuracy",
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 #: The epoch metric that selects the best checkpoint and stops training early (maximised).
@@ -36,7 +31,11 @@ ROW_KEYS = ("epoch", "seconds")
 
 def metric_collection(threshold: float, prefix: str | None = None) -> MetricCollection:
     """Every metric of :data:`METRICS` at ``threshold`` (on probabilities), optionally prefixed."""
-    return MetricCollection({name: cls(threshold=threshold) for name, cls in METRICS.items()}, prefix=prefix)
+    import torchmetrics.classification
+    from torchmetrics import MetricCollection
+
+    return MetricCollection({name: getattr(torchmetrics.classification, cls)(threshold=threshold)
+                             for name, cls in METRICS.items()}, prefix=prefix)
 
 
 def epoch_row(epoch: int, logged: Mapping[str, Any], seconds: float | None = None) -> dict[str, float]:

@@ -26,7 +26,6 @@ import re
 from dataclasses import dataclass
 
 from components.contracts.errors import ParameterError
-from components.ml.metrics import METRIC_NAMES
 
 #: Alias of the registered version that serves as the current best model.
 CHAMPION_ALIAS = "champion"
@@ -94,6 +93,8 @@ def check_promotion_settings(metric: str, margin: float) -> None:
     Raises:
         ParameterError: naming the setting and what is allowed.
     """
+    from components.ml.metrics import METRIC_NAMES  # torchmetrics: not on pipeline.py's import path
+
     if metric not in METRIC_NAMES:
         raise ParameterError(f"promotion metric {metric!r}: choose one of {', '.join(METRIC_NAMES)} "
                              f"(the test metrics of evaluation/metrics.json)")
