@@ -93,6 +93,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         train_batch_size: int = 16,
         train_patience: int = 10,
         train_precision: str = TrainConfig.precision,
+        evaluate_tta: bool = False,
         model_name: str = "camp-segmentation",
         model_threshold: float = Preprocessing.threshold,
         model_class_name: str = Preprocessing.class_name,
@@ -124,6 +125,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             train_batch_size: Chips per batch.
             train_patience: Epochs without validation-IoU improvement before early stopping.
             train_precision: auto (bf16 mixed precision on GPU, fp32 on CPU), 32, bf16-mixed or 16-mixed.
+            evaluate_tta: Test-time augmentation in evaluation: score the mean probability of each test chip and its horizontal, vertical and double flips (recorded in metrics.json; promotion compares with the champion's own test metrics, so keep it the same across versions).
             model_name: Name of the model in packages, the STAC item and the registry.
             model_threshold: Camp probability at or above which a pixel is camp.
             model_class_name: Name of the foreground class (value 1; background is 0) in the figures, the STAC item and the DLPK, e.g. camp or building.
@@ -170,7 +172,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                 models = step("export-model", dataset_uri=dataset_uri, statistics=statistics,
                               training=training).outputs["models"]
                 evaluation = step("evaluate-model", dataset_uri=dataset_uri, statistics=statistics,
-                                  models=models, training=training).outputs["evaluation"]
+                                  models=models, training=training, tta=evaluate_tta).outputs["evaluation"]
                 dlpk = step("package-dlpk", statistics=statistics, models=models,
                             model_name=model_name).outputs["dlpk"]
                 stac = step("generate-stac-item", statistics=statistics, training=training, models=models,
@@ -204,6 +206,7 @@ def build_predict_pipeline(settings: ClusterSettings = ClusterSettings()):
         predict_overlap: int = -1,
         predict_min_area_m2: float = 0.0,
         predict_device: str = "cpu",
+        predict_tta: bool = False,
     ):
         """Map camps on new scenes: georeferenced masks, probabilities, polygons and STAC items.
 
@@ -215,10 +218,11 @@ def build_predict_pipeline(settings: ClusterSettings = ClusterSettings()):
             predict_overlap: Pixels neighbouring windows share; -1 uses a quarter of the model's tile.
             predict_min_area_m2: Camp polygons smaller than this many m² are left out of the GeoJSON.
             predict_device: cpu, or cuda for ONNX Runtime's CUDA provider where the image has it.
+            predict_tta: Test-time augmentation: predict every window with its horizontal, vertical and double flips too and blend the mean probability (four model calls per window; recorded in predictions.json).
         """
         step("predict-scenes", scene_uri=scene_uri, model_ref=model_ref, output_uri=output_uri,
              kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, threshold=predict_threshold, overlap=predict_overlap,
-             min_area_m2=predict_min_area_m2, device=predict_device)
+             min_area_m2=predict_min_area_m2, device=predict_device, tta=predict_tta)
     return camp_segmentation_prediction
 
 

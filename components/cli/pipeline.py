@@ -45,7 +45,7 @@ from components.cli.options import (
     fill_repeated,
     parse_bool,
 )
-from components.cli.vocabulary import NO_AUGMENT, PREDICTION, TRAINING, flag, option_strings
+from components.cli.vocabulary import NO_AUGMENT, PREDICTION, SWITCH, TRAINING, flag, option_strings
 from components.contracts.config import TrainConfig
 from components.contracts.errors import ParameterError, PipelineInputError
 from components.kubeflow.cluster import ClusterSettings, Resources, Step
@@ -134,9 +134,9 @@ def add_parameter_flags(parser: argparse.ArgumentParser, pipeline_func) -> None:
     group = parser.add_argument_group(
         "pipeline parameters (--run-local and --submit; each also under the name python -m components gives it)")
     for name, spec in pipeline_func.component_spec.inputs.items():
+        shape = SWITCH if spec.type == "Boolean" else {"metavar": name.split("_", 1)[-1].upper()}
         group.add_argument(*option_strings(name, VOCABULARY), dest=name, type=_KFP_TYPES[spec.type], default=None,
-                           metavar="BOOL" if spec.type == "Boolean" else name.split("_", 1)[-1].upper(),
-                           help=f"{spec.description} ({_default_text(name, spec)})")
+                           help=f"{spec.description} ({_default_text(name, spec)})", **shape)
         if name == "train_augment":
             group.add_argument(NO_AUGMENT, dest=name, action="store_false", default=argparse.SUPPRESS,
                                help="same as --train-augment false")

@@ -24,7 +24,7 @@ from components.cli.options import (
     fill_repeated,
     parse_bool,
 )
-from components.cli.vocabulary import NO_AUGMENT, PREDICTION, TRAINING, Term, option_strings, stage_dest
+from components.cli.vocabulary import NO_AUGMENT, PREDICTION, SWITCH, TRAINING, Term, option_strings, stage_dest
 from components.contracts.config import (
     AcceleratorName,
     Architecture,
@@ -53,6 +53,12 @@ def _term(p: argparse.ArgumentParser, name: str, table: dict[str, Term] = TRAINI
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     _term(p, "dataset_uri", type=Path, required=required, metavar="DIR",
           help="dataset folder with chips/ and labels/ paired by file stem")
+
+
+def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    _term(p, "evaluate_tta", type=parse_bool, default=False, **SWITCH,
+          help="test-time augmentation: score the mean probability of each chip and its horizontal, vertical "
+               "and double flips (four model calls per chip); recorded in metrics.json")
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="evaluate all chips of --dataset-uri into this folder: new, empty, or an earlier "
                         "evaluate --out (default: the run folder's test split)")
+    _add_evaluate_args(p)
 
     p = _stage(sub, "predict", "map camps on whole GeoTIFF scenes: mask and probability COGs, polygons")
     p.add_argument("--run", type=Path, required=True, help="trained run folder (stats.json, models/model.onnx)")
@@ -192,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="cuda uses ONNX Runtime's CUDA provider when present (CPU otherwise)")
     p.add_argument("--resample", action="store_true",
                    help="predict a scene of another resolution at the training resolution instead of refusing it")
+    _term(p, "predict_tta", PREDICTION, type=parse_bool, default=False, **SWITCH,
+          help="test-time augmentation: each batch of windows is predicted with its horizontal, vertical and "
+               "double flips too, and the mean probability blended (four model calls per window); recorded in "
+               "predictions.json")
 
     for name, helptext in (("dlpk", "package an Esri .dlpk"), ("stac", "write the STAC-MLM item")):
         p = _stage(sub, name, helptext)
@@ -209,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _term(p, "model_name", default=MODEL_NAME, help="name of the model in the package and the STAC item")
     _add_stats_args(p)
     _add_train_args(p)
+    _add_evaluate_args(p)
     _add_stac_args(p)
     return parser
 
@@ -293,7 +305,7 @@ def run_all(args: argparse.Namespace) -> dict:
         with lines.stage("export"):
             export_models(args.out, data)
         with lines.stage("evaluate"):
-            evaluate_run(args.out, data)
+            evaluate_run(args.out, data, tta=args.tta)
         with lines.stage("dlpk"):
             package_dlpk(args.out, args.model_name)
         with lines.stage("stac"):
@@ -319,7 +331,7 @@ def run_predict(args: argparse.Namespace) -> dict:
     # The pipeline's conventions: threshold 0 is the model's own, overlap -1 a quarter of the tile.
     options = dict(threshold=args.threshold or None, overlap=None if args.overlap == -1 else args.overlap,
                    batch_size=args.batch_size,
-                   min_area_m2=args.min_area, device=args.device, resample=args.resample)
+                   min_area_m2=args.min_area, device=args.device, resample=args.resample, tta=args.tta)
     if not is_s3_uri(args.input):
         return predict_scenes(args.run, Path(args.input), args.out, **options)
     cache = Path(tempfile.mkdtemp(prefix="campseg-scenes-"))
@@ -366,7 +378,7 @@ def dispatch(args: argparse.Namespace) -> dict | None:
 
             if args.out is not None and args.data is None:
                 raise PipelineInputError("evaluate --out needs --data: the labelled folder to evaluate")
-            return evaluate_run(args.run, args.data, args.out)
+            return evaluate_run(args.run, args.data, args.out, tta=args.tta)
         case "predict":
             return run_predict(args)
         case "dlpk":

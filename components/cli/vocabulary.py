@@ -56,6 +56,7 @@ TRAINING: dict[str, Term] = {
     "train_batch_size": Term(("--batch-size",), _TRAIN),
     "train_patience": Term(("--patience",), _TRAIN),
     "train_precision": Term(("--precision",), _TRAIN),
+    "evaluate_tta": Term(("--tta",), ("evaluate", "all")),
     "model_name": Term((), ("dlpk", "stac", "all")),
     "model_threshold": Term(("--threshold",), _STATS),
     "model_class_name": Term(("--class-name",), _STATS),
@@ -71,6 +72,7 @@ PREDICTION: dict[str, Term] = {
     "predict_overlap": Term(("--overlap",), ("predict",)),
     "predict_min_area_m2": Term(("--min-area",), ("predict",)),
     "predict_device": Term(("--device",), ("predict",)),
+    "predict_tta": Term(("--tta",), ("predict",)),
 }
 
 #: Pipeline parameters with no meaning for a stage run on a folder, and why.
@@ -121,6 +123,11 @@ def option_strings(name: str, table: dict[str, Term] = TRAINING) -> list[str]:
     """Every name of parameter ``name``: the pipeline's flag, then its aliases."""
     term = table.get(name)
     return [flag(name), *(term.aliases if term else ())]
+
+
+#: How a Boolean parameter's option reads on both command lines: ``--tta`` alone is true, and
+#: ``--tta true``/``--tta false`` (the form a config file and the pipeline's YAML use) work too.
+SWITCH = {"nargs": "?", "const": True, "metavar": "BOOL"}
 
 
 def stage_dest(name: str, table: dict[str, Term] = TRAINING) -> str:

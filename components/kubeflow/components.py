@@ -215,8 +215,10 @@ def evaluate_model(
     test_metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[HTML],
+    tta: bool = False,
 ):
-    """Score the ONNX model on the test split; metrics, confusion matrix, figures and an HTML report."""
+    """Score the ONNX model on the test split (``tta``: the mean over the four flips of every chip);
+    metrics, confusion matrix, figures and an HTML report."""
     import json
     import shutil
     from pathlib import Path
@@ -224,7 +226,8 @@ def evaluate_model(
     from components.kubeflow.steps import run_evaluate
     from components.ml.metrics import METRIC_NAMES
 
-    metrics = run_evaluate(dataset_uri, statistics.path, models.path, evaluation.path, training.path)
+    metrics = run_evaluate(dataset_uri, statistics.path, models.path, evaluation.path, training.path, tta=tta)
+    evaluation.metadata.update({"tta": metrics["tta"], "tta_flips": metrics["tta_flips"]})
     for name in METRIC_NAMES:
         test_metrics.log_metric(name, round(metrics[name], 6))
     cm = metrics["confusion_matrix"]
@@ -304,14 +307,14 @@ def end_tracking(kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
 
 
 def predict_scenes(scene_uri: str, model_ref: str, output_uri: str, kfp_run_id: str, threshold: float,
-                   overlap: int, min_area_m2: float, device: str, preview: Output[HTML]) -> str:
+                   overlap: int, min_area_m2: float, device: str, preview: Output[HTML], tta: bool = False) -> str:
     """Map camps on every scene under scene_uri with model_ref; outputs to output_uri/<run id>/, an HTML preview."""
     from components.kubeflow.prediction_steps import run_batch_prediction
     from components.storage import join_uri
 
     target = join_uri(output_uri, kfp_run_id) if output_uri else ""
     run_batch_prediction(scene_uri, model_ref, target, preview.path, threshold=threshold, overlap=overlap,
-                         min_area_m2=min_area_m2, device=device)
+                         min_area_m2=min_area_m2, device=device, tta=tta)
     return target
 
 

@@ -34,7 +34,7 @@ def _model_item(model_dir: Path, model_ref: str) -> str | None:
 @retry_transient
 def run_batch_prediction(scene_uri: str, model_ref: str, output_uri: str, preview_path: str | Path, *,
                          threshold: float = 0.0, overlap: int = -1, min_area_m2: float = 0.0,
-                         device: str = "cpu") -> dict[str, Any]:
+                         device: str = "cpu", tta: bool = False) -> dict[str, Any]:
     """Predict every scene under ``scene_uri`` with ``model_ref``; outputs to ``output_uri``.
 
     Args:
@@ -44,6 +44,7 @@ def run_batch_prediction(scene_uri: str, model_ref: str, output_uri: str, previe
             step's preview only).
         preview_path: where the HTML preview is written.
         threshold: 0 for the model's own; overlap: -1 for the default (a quarter of the tile).
+        tta: test-time augmentation by flips (:func:`components.stages.predict.predict_scenes`).
 
     Returns:
         ``predictions.json`` with ``outputs``: the uploaded URIs.
@@ -67,7 +68,7 @@ def run_batch_prediction(scene_uri: str, model_ref: str, output_uri: str, previe
         out = work / "out"
         document = predict_scenes(model_dir, local, out, threshold=threshold or None,
                                   overlap=None if overlap < 0 else overlap, min_area_m2=min_area_m2,
-                                  device=device, scene_uris=uris, model_item=_model_item(model_dir, model_ref),
+                                  device=device, tta=tta, scene_uris=uris, model_item=_model_item(model_dir, model_ref),
                                   model_reference=model_ref, progress=True)
         local_of = {uri: path for path, uri in uris.items()}
         scenes = {e["scene"]: Path(local_of.get(e["scene"], e["scene"])) for e in document["scenes"]}

@@ -230,14 +230,15 @@ def run_export(dataset_uri: str, statistics_dir: str, training_dir: str, models_
 
 @retry_transient
 def run_evaluate(dataset_uri: str, statistics_dir: str, models_dir: str, evaluation_dir: str,
-                 training_dir: str | None = None) -> dict:
+                 training_dir: str | None = None, tta: bool = False) -> dict:
     """Evaluation stage (ONNX Runtime on the test split) into the ``evaluation`` artifact; with the
-    ``training`` artifact, its figures include the training curves."""
+    ``training`` artifact, its figures include the training curves; ``tta``: test-time augmentation
+    by flips."""
     from components.stages.evaluate import evaluate_run
 
     with staged_run(dataset_uri, splits=SPLITS_READ["evaluate"], statistics=statistics_dir,
                     models=models_dir, training=training_dir) as (layout, data):
-        metrics = evaluate_run(layout.root, data)
+        metrics = evaluate_run(layout.root, data, tta=tta)
         collect(layout, "evaluation", evaluation_dir)
         return metrics
 

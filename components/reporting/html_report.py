@@ -44,7 +44,10 @@ def evaluation_html(metrics: Mapping, evaluation_dir: Path, stats: Mapping | Non
         f"<h2>{html.escape(title)} on the {html.escape(str(metrics.get('split', 'test')))} split</h2>",
         f"<p>{metrics.get('num_chips')} chips, {metrics.get('num_pixels'):,} pixels; a pixel is "
         f"{html.escape(class_name)} where the model's probability is at least {metrics.get('threshold')}; "
-        "model: the exported ONNX model run with ONNX Runtime.</p>",
+        "model: the exported ONNX model run with ONNX Runtime"
+        + (f", with test-time augmentation: the mean probability over the flips "
+           f"{html.escape(', '.join(metrics.get('tta_flips') or []))}" if metrics.get("tta") else "")
+        + ".</p>",
         f"<table><tr><th>metric ({html.escape(class_name)})</th><th>value</th></tr>{rows}</table>",
         f"<p>Trivial baselines on the same pixels: all background IoU {base.get('all_background_iou', 0):.4f}, "
         f"all {html.escape(class_name)} IoU {base.get('all_foreground_iou', 0):.4f}.</p>",

@@ -60,5 +60,6 @@ def preview_html(document: Mapping[str, Any], scenes: Mapping[str, Path], out_di
             "<style>body{font-family:sans-serif;margin:1em}img{max-width:100%;border:1px solid #ccc}</style>"
             "</head><body><h1>Camp predictions</h1>"
             f"<p>Model {html.escape(str(document['model'].get('reference') or document['model']['run']))}; "
-            f"threshold {params['threshold']}, overlap {params['overlap']} px; outputs in "
+            f"threshold {params['threshold']}, overlap {params['overlap']} px"
+            f"{', test-time augmentation by flips' if params.get('tta') else ''}; outputs in "
             f"<code>{html.escape(output_uri)}</code>. Red: camp.</p>" + "".join(rows) + "</body></html>")

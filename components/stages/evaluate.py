@@ -25,6 +25,7 @@ from components.data.manifest import read_manifest
 from components.data.pairs import find_pairs, load_examples
 from components.ml.metrics import METRIC_NAMES
 from components.ml.scoring import Predictor, onnx_predictor, score
+from components.ml.tta import check_tta, tta_record, with_tta
 from components.reporting.examples import ChipScores
 from components.reporting.figures import save_confusion_matrix, save_overlay, save_training_curves
 from components.reporting.html_report import evaluation_html
@@ -32,7 +33,7 @@ from components.reporting.progress import ProgressLine
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None,
-                 predictor: Predictor | None = None, overlays: bool = True) -> dict:
+                 predictor: Predictor | None = None, overlays: bool = True, tta: bool = False) -> dict:
     """Evaluate a run's ONNX model.
 
     Args:
@@ -44,19 +45,22 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
             marker of kind ``evaluation``); never the dataset, the run or a folder of the user's.
         predictor: probabilities function (default: ONNX Runtime on ``models/model.onnx``).
         overlays: draw the overlays of the best, the median and the worst chip by IoU.
+        tta: score the mean probabilities of the four flips of every chip (test-time
+            augmentation, :mod:`components.ml.tta`); recorded in ``metrics.json`` either way.
 
     Returns:
         The metrics document.
     """
+    check_tta(tta)
     layout = RunLayout(Path(run_dir))
     layout.require(layout.stats, layout.onnx, layout.export_report, stage="evaluation")
     if out_dir is None:
         layout.require(layout.splits, stage="evaluation")
         with open_output(layout.root, "evaluate", create=False):
-            return _evaluate(layout, data_dir, None, predictor, overlays)
+            return _evaluate(layout, data_dir, None, predictor, overlays, tta)
     _check_out(layout, Path(out_dir))
     with open_output(Path(out_dir), "evaluate", EVALUATION, data_dir=Path(data_dir) if data_dir else None):
-        return _evaluate(layout, data_dir, Path(out_dir), predictor, overlays)
+        return _evaluate(layout, data_dir, Path(out_dir), predictor, overlays, tta)
 
 
 def _check_out(layout: RunLayout, out_dir: Path) -> None:
@@ -70,7 +74,7 @@ def _check_out(layout: RunLayout, out_dir: Path) -> None:
 
 
 def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, predictor: Predictor | None,
-              overlays: bool) -> dict:
+              overlays: bool, tta: bool) -> dict:
     digests = verify(layout, ["statistics", "training", "models"])
     stats = read_json(layout.stats)
     prep = Preprocessing.from_stats(stats)
@@ -82,11 +86,11 @@ def _evaluate(layout: RunLayout, data_dir: Path | None, out_dir: Path | None, pr
     else:
         pairs = find_pairs(Path(data_dir))
         split, uri = "all", str(data_dir)
-    predictor = predictor or onnx_predictor(layout.onnx, prep)
+    predictor = with_tta(predictor or onnx_predictor(layout.onnx, prep), tta)
     chips = ChipScores(prep)
     trained_sizes = [tuple(size) for size in stats.get("source_sizes") or []]
     values, _ = score(pairs, predictor, prep, trained_sizes=trained_sizes, on_chip=_counting(chips, len(pairs)))
-    values.update(split=split, dataset_uri=uri, model=str(layout.onnx))
+    values.update(split=split, dataset_uri=uri, model=str(layout.onnx), **tta_record(tta))
     values["lineage"] = {"statistics": digests["statistics"], "models": digests["models"]}
     if out_dir is not None:
         values["lineage"].update(run=str(layout.root.resolve()),

@@ -46,6 +46,7 @@ from components.data.scenes import (
     resolution_ratio,
 )
 from components.ml.inference import onnx_session, run_model
+from components.ml.tta import check_tta, tta_record, with_tta
 from components.ml.windows import check_overlap, sliding_probabilities
 from components.reporting.progress import ProgressLine
 from components.standards.prediction_item import build_prediction_item, validate_prediction_item
@@ -66,7 +67,7 @@ def training_resolution(stats: Mapping[str, Any]) -> dict | None:
 
 
 def _check_parameters(prep: Preprocessing, threshold: float, overlap: int, batch_size: int,
-                      min_area_m2: float) -> None:
+                      min_area_m2: float, tta: bool) -> None:
     if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
         raise ParameterError(f"--threshold {threshold!r}: must lie strictly between 0 and 1")
     check_overlap(prep.image_size, overlap)
@@ -74,6 +75,7 @@ def _check_parameters(prep: Preprocessing, threshold: float, overlap: int, batch
         raise ParameterError(f"--batch-size {batch_size!r}: must be a whole number of at least 1")
     if not (isinstance(min_area_m2, (int, float)) and math.isfinite(min_area_m2) and min_area_m2 >= 0):
         raise ParameterError(f"--min-area {min_area_m2!r}: must be a finite number of m² >= 0")
+    check_tta(tta)
 
 
 def _plan_scene(path: Path, prep: Preprocessing, trained: dict | None, resample: bool) -> dict:
@@ -130,7 +132,8 @@ class _SceneOutputs:
 
 
 def _predict_scene(plan: dict, session: Any, prep: Preprocessing, staging: Path, threshold: float, overlap: int,
-                   batch_size: int, min_area_m2: float, show_progress: bool) -> tuple[dict, SceneGrid]:
+                   batch_size: int, min_area_m2: float, show_progress: bool, tta: bool = False,
+                   ) -> tuple[dict, SceneGrid]:
     """Write one scene's outputs into ``staging``; return its entry of ``predictions.json`` and its grid."""
     path: Path = plan["path"]
     names = output_names(path.stem)
@@ -141,8 +144,10 @@ def _predict_scene(plan: dict, session: Any, prep: Preprocessing, staging: Path,
     def normalize(raw: np.ndarray) -> np.ndarray:
         return prep.normalize(raw)
 
-    def predict(inputs: np.ndarray) -> np.ndarray:
+    def model(inputs: np.ndarray) -> np.ndarray:
         return run_model(session, inputs)
+
+    predict = with_tta(model, tta)  # per batch of windows, before they are blended
 
     with SceneReader(path, len(prep.bands), prep.dtype, resolution=plan["resolution"]) as reader:
         grid = reader.source_grid
@@ -219,7 +224,7 @@ def _model_item_href(layout: RunLayout, model_item: str | None) -> str | None:
 
 def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold: float | None = None,
                    overlap: int | None = None, batch_size: int = 8, min_area_m2: float = 0.0, device: str = "cpu",
-                   resample: bool = False, scene_uris: Mapping[str, str] | None = None,
+                   resample: bool = False, tta: bool = False, scene_uris: Mapping[str, str] | None = None,
                    model_item: str | None = None, model_reference: str | None = None,
                    progress: bool = True) -> dict:
     """Predict every scene of ``input_path`` with the model of ``run_dir`` into ``out_dir``.
@@ -236,6 +241,9 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
         device: ``cpu`` or ``cuda`` (the CUDA provider when ONNX Runtime has it; CPU otherwise).
         resample: predict a scene of another resolution at the training resolution instead of
             refusing it.
+        tta: test-time augmentation: each batch of windows is predicted with its four flips and
+            the mean probability taken (:mod:`components.ml.tta`), before windows are blended;
+            four times the model calls.
         scene_uris: where each scene came from (e.g. its ``s3://`` URI), by local path, for links.
         model_item: the model's STAC item href (default: the run's ``metadata/stac_item.json``).
         model_reference: how the model was named (e.g. ``models:/NAME@champion``), recorded.
@@ -251,7 +259,7 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
     prep = Preprocessing.from_stats(stats)
     threshold = prep.threshold if threshold is None else threshold
     overlap = prep.image_size // 4 if overlap is None else overlap
-    _check_parameters(prep, threshold, overlap, batch_size, min_area_m2)
+    _check_parameters(prep, threshold, overlap, batch_size, min_area_m2, tta)
     trained = training_resolution(stats)
     input_path, out_dir = Path(input_path), Path(out_dir)
     scenes = list_scenes(input_path)
@@ -270,15 +278,15 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
         try:
             entries = []
             for plan in plans:
-                entry, grid = _predict_scene(plan, session, prep, staging, threshold, overlap, batch_size, min_area_m2,
-                                       progress)
+                entry, grid = _predict_scene(plan, session, prep, staging, threshold, overlap, batch_size,
+                                             min_area_m2, progress, tta)
                 names = entry["outputs"]
                 href = (scene_uris or {}).get(str(plan["path"]), str(Path(plan["path"]).resolve()))
                 item = build_prediction_item(
                     Path(plan["path"]).stem, href, grid, grid.footprint_wgs84(),
                     {k: staging / names[k] for k in ("mask", "probability", "polygons")},
                     staging / names["stac_item"], _model_item_href(layout, model_item),
-                    {"camp:threshold": threshold, "camp:camp_area_m2": entry["camp_area_m2"],
+                    {"camp:threshold": threshold, "camp:tta": tta, "camp:camp_area_m2": entry["camp_area_m2"],
                      "camp:pixels": entry["pixels"], "camp:polygons": entry["polygons"]})
                 validate_prediction_item(item)
                 write_json(staging / names["stac_item"], item)
@@ -292,7 +300,7 @@ def predict_scenes(run_dir: Path, input_path: Path, out_dir: Path, *, threshold:
                           "training_ground_sampling_distance_m": trained},
                 "parameters": {"threshold": threshold, "overlap": overlap, "batch_size": batch_size,
                                "min_area_m2": min_area_m2, "device": device, "provider": provider,
-                               "resample": resample},
+                               "resample": resample, **tta_record(tta)},
                 "scenes": entries,
             }
             write_json(staging / SUMMARY, document)
