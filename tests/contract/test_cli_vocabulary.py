@@ -116,6 +116,21 @@ def test_no_augment_is_the_same_switch_on_both():
     assert pipeline_parser("training").parse_args(["--run-local", NO_AUGMENT]).train_augment is False
 
 
+@pytest.mark.parametrize("stage, pipeline_name, name", [
+    ("evaluate", "training", "evaluate_tta"), ("all", "training", "evaluate_tta"), ("predict", "predict", "predict_tta")])
+def test_a_boolean_parameter_alone_is_true_on_both_command_lines(stage, pipeline_name, name):
+    """``--tta`` alone switches test-time augmentation on; ``--tta false`` (a config file's form) off."""
+    parser = stage_parsers()[stage]
+    required = _required(parser)
+    assert parser.parse_args(required).tta is False
+    assert parser.parse_args([*required, "--tta"]).tta is True
+    assert parser.parse_args([*required, "--tta", "false", "--out", "o"]).tta is False
+    pipe = pipeline_parser(pipeline_name)
+    assert getattr(pipe.parse_args(["--submit", "--tta"]), name) is True
+    assert getattr(pipe.parse_args(["--submit", f"--{name.replace('_', '-')}", "false"]), name) is False
+    assert getattr(pipe.parse_args(["--submit"]), name) is None  # the pipeline's default: off
+
+
 def test_every_stage_flag_is_shared_or_explained():
     """A stage flag that a pipeline has no parameter for is listed in STAGE_ONLY with its reason."""
     shared = {}

@@ -179,6 +179,19 @@ def test_parameter_defaults_are_the_library_defaults(compiled):
     assert (defaults["train_epochs"], defaults["train_batch_size"], defaults["train_patience"]) == (50, 16, 10)
 
 
+def test_evaluation_tta_is_a_parameter_the_evaluate_step_takes(compiled):
+    """``evaluate_tta`` (default off) reaches the evaluate-model task, so a run's choice is honoured
+    and a cached evaluation of the other choice is never reused."""
+    _, docs = compiled
+    spec = docs["spec"]
+    param = spec["root"]["inputDefinitions"]["parameters"]["evaluate_tta"]
+    assert param["parameterType"] == "BOOLEAN" and param["defaultValue"] is False and param["description"]
+    task = dag_tasks(spec)["evaluate-model"]
+    assert task["inputs"]["parameters"]["tta"]["componentInputParameter"] == "pipelinechannel--evaluate_tta"
+    component = spec["components"][task["componentRef"]["name"]]
+    assert component["inputDefinitions"]["parameters"]["tta"]["parameterType"] == "BOOLEAN"
+
+
 def test_caching_never_serves_stale_data(compiled):
     _, docs = compiled
     dag = dag_tasks(docs["spec"])

@@ -32,6 +32,13 @@ def test_the_prediction_pipeline_has_its_step_and_parameters(predict_yaml):
     assert image == "registry.example/campseg:1.2.3"
 
 
+def test_prediction_tta_is_a_parameter_the_step_takes(predict_yaml):
+    param = predict_yaml["root"]["inputDefinitions"]["parameters"]["predict_tta"]
+    assert param["parameterType"] == "BOOLEAN" and param["defaultValue"] is False and param["description"]
+    task = predict_yaml["root"]["dag"]["tasks"]["predict-scenes"]
+    assert task["inputs"]["parameters"]["tta"]["componentInputParameter"] == "predict_tta"
+
+
 def test_submit_without_the_scenes_is_refused():
     proc = run_pipeline("--pipeline", "predict", "--submit", "--host", "http://127.0.0.1:9",
                         "--image", "registry.example/campseg:1", "--accelerator-count", "0")

@@ -95,11 +95,11 @@ def test_canonical_parameters_are_stable_and_typed():
 def test_training_parameters_are_pipeline_parameters_and_exclude_the_non_training_ones():
     inputs = set(pipeline.build_pipeline().component_spec.inputs)
     assert set(TRAINING_PARAMETERS) <= inputs
-    # naming (the model's and its class's), publishing, tracking and promotion settings do not
-    # change the trained model
+    # naming (the model's and its class's), publishing, tracking, promotion and evaluation
+    # (test-time augmentation) settings do not change the trained model
     assert inputs - set(TRAINING_PARAMETERS) == {
         "dataset_uri", "model_name", "model_class_name", "model_publish_uri", "tracking_experiment",
-        "tracking_promotion_metric", "tracking_promotion_margin", "force_retrain"}
+        "tracking_promotion_metric", "tracking_promotion_margin", "force_retrain", "evaluate_tta"}
 
 
 @pytest.mark.parametrize("change, message", [
