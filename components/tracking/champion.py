@@ -75,7 +75,8 @@ def champion_score_on(tracking_uri: str, layout: RunLayout, model_name: str, dat
     """Re-score the current champion on this run's test split, with its own preprocessing.
 
     It downloads the champion version's logged model, reads its ``stats.json`` (extra file) and
-    scores its ONNX model with ONNX Runtime on the run's test chips.
+    scores its ONNX model with ONNX Runtime on the run's test chips, with test-time augmentation
+    when the run's own evaluation had it (``metrics.json`` ``tta``), so both scores mean the same.
 
     Returns:
         The champion's :class:`Score` (``rescored=True``), ``None`` when there is no champion,
@@ -86,6 +87,7 @@ def champion_score_on(tracking_uri: str, layout: RunLayout, model_name: str, dat
     from components.contracts.preprocessing import Preprocessing
     from components.data.manifest import read_manifest
     from components.ml.scoring import onnx_predictor, score
+    from components.ml.tta import with_tta
 
     champion = read_champion(make_client(tracking_uri), model_name)
     if champion is None or isinstance(champion, ChampionUnreadable):
@@ -102,7 +104,9 @@ def champion_score_on(tracking_uri: str, layout: RunLayout, model_name: str, dat
             prep = Preprocessing.from_stats(read_json(stats))
             pairs = [p for p in read_manifest(layout, data) if p.split == "test"]
             sizes = [tuple(size) for size in read_json(layout.stats).get("source_sizes") or []]
-            values, _ = score(pairs, onnx_predictor(onnx_file, prep), prep, trained_sizes=sizes)  # as trained
+            tta = bool(read_json(layout.metrics).get("tta")) if layout.metrics.exists() else False
+            predictor = with_tta(onnx_predictor(onnx_file, prep), tta)
+            values, _ = score(pairs, predictor, prep, trained_sizes=sizes)  # as trained
             value = float(values[metric])
     except Exception as e:  # noqa: BLE001 - fail closed: a champion we cannot score is kept
         log.warning("re-scoring %s v%s failed: %s: %s", model_name, version, type(e).__name__, first_line(e))

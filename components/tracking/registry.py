@@ -33,7 +33,8 @@ def compute_test_split_id(run_dir: str | os.PathLike[str]) -> str:
     stems and the dataset fingerprint (or, without a fingerprint, the dataset URI).
 
     Two versions with the same id were evaluated on the same chips of the same data; any added,
-    removed or changed file of the dataset gives a new id.
+    removed or changed file of the dataset gives a new id. An evaluation with test-time
+    augmentation (``metrics.json`` ``tta``) has an id of its own: its scores mean something else.
     """
     layout = RunLayout(Path(run_dir))
     layout.require(layout.splits, layout.stats, stage="test split identity")
@@ -45,6 +46,8 @@ def compute_test_split_id(run_dir: str | os.PathLike[str]) -> str:
     payload = {"split": split, "stems": stems,
                "fingerprint": stats.get("fingerprint"),
                "dataset": None if stats.get("fingerprint") else stats.get("dataset_uri")}
+    if metrics.get("tta"):  # only then: the ids of evaluations without it stay as they were
+        payload["tta"] = True
     return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -4,6 +4,7 @@ the four flips in evaluation and prediction, recorded in what the stages write."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from components.cli import stages
 from components.contracts.config import TrainConfig
 from components.contracts.errors import ParameterError
 from components.contracts.preprocessing import Preprocessing
+from components.contracts.run_layout import RunLayout
 from components.data.pairs import find_pairs, load_examples
 from components.ml.inference import onnx_session, run_model
 from components.ml.metrics import METRIC_NAMES
@@ -26,6 +28,7 @@ from components.reporting.html_report import evaluation_html
 from components.stages.export import export_models
 from components.stages.stats import compute_statistics
 from components.stages.train import train
+from components.tracking.registry import compute_test_split_id
 from tests.support.datasets import make_dataset
 from tests.support.scenes import mosaic, write_scene
 
@@ -147,3 +150,17 @@ def test_predict_with_tta_blends_the_mean_of_the_flips(exported, tmp_path):
     assert np.abs(written - expected).max() <= 1 and (written == expected).mean() > 0.99
     with rasterio.open(tmp_path / "plain" / "scene_probability.tif") as src:
         assert not np.array_equal(src.read(1).astype(int), written)  # the flips changed something
+
+
+def test_a_tta_evaluation_has_a_test_split_id_of_its_own(exported, tmp_path):
+    """Promotion compares scores of one test split id: TTA scores never meet plain ones by tag, and
+    the ids of evaluations without TTA are those of before."""
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    layout = RunLayout(run)
+    before = compute_test_split_id(run)
+    layout.metrics.parent.mkdir(exist_ok=True)
+    layout.metrics.write_text(json.dumps({"split": "test", **tta_record(False)}))
+    assert compute_test_split_id(run) == before
+    layout.metrics.write_text(json.dumps({"split": "test", **tta_record(True)}))
+    assert compute_test_split_id(run) != before
