@@ -160,7 +160,7 @@ def _test_metrics(layout: RunLayout, metrics: Mapping[str, Any]) -> dict[str, An
     missing = [k for k in METRIC_NAMES if k not in metrics]
     if missing:
         raise RunFolderError(f"{layout.metrics}: lacks {', '.join(missing)}")
-    keys = (*METRIC_NAMES, "threshold", "num_chips", "num_pixels", "confusion_matrix", "baselines", "split")
+    keys = (*METRIC_NAMES, "threshold", "num_chips", "num_pixels", "confusion_matrix", "baselines", "split", "tta")
     return {k: metrics[k] for k in keys if k in metrics}
 
 

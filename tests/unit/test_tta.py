@@ -17,7 +17,6 @@ from components.cli import stages
 from components.contracts.config import TrainConfig
 from components.contracts.errors import ParameterError
 from components.contracts.preprocessing import Preprocessing
-from components.contracts.run_layout import RunLayout
 from components.data.pairs import find_pairs, load_examples
 from components.ml.inference import onnx_session, run_model
 from components.ml.metrics import METRIC_NAMES
@@ -25,7 +24,10 @@ from components.ml.scoring import onnx_predictor
 from components.ml.tta import FLIPS, flip_tta, tta_record, with_tta
 from components.ml.windows import predict_array
 from components.reporting.html_report import evaluation_html
+from components.stages.dlpk import package_dlpk
+from components.stages.evaluate import evaluate_run
 from components.stages.export import export_models
+from components.stages.stac import build_stac_item
 from components.stages.stats import compute_statistics
 from components.stages.train import train
 from components.tracking.registry import compute_test_split_id
@@ -152,15 +154,16 @@ def test_predict_with_tta_blends_the_mean_of_the_flips(exported, tmp_path):
         assert not np.array_equal(src.read(1).astype(int), written)  # the flips changed something
 
 
-def test_a_tta_evaluation_has_a_test_split_id_of_its_own(exported, tmp_path):
+def test_a_tta_evaluation_of_the_run_reaches_the_stac_item_and_has_a_test_split_id_of_its_own(exported, tmp_path):
     """Promotion compares scores of one test split id: TTA scores never meet plain ones by tag, and
     the ids of evaluations without TTA are those of before."""
     run = tmp_path / "run"
     shutil.copytree(exported, run)
-    layout = RunLayout(run)
     before = compute_test_split_id(run)
-    layout.metrics.parent.mkdir(exist_ok=True)
-    layout.metrics.write_text(json.dumps({"split": "test", **tta_record(False)}))
+    evaluate_run(run, overlays=False)
     assert compute_test_split_id(run) == before
-    layout.metrics.write_text(json.dumps({"split": "test", **tta_record(True)}))
+    evaluate_run(run, overlays=False, tta=True)
     assert compute_test_split_id(run) != before
+    package_dlpk(run)
+    item = json.loads(build_stac_item(run).read_text())
+    assert item["properties"]["camp:test_metrics"]["tta"] is True
