@@ -559,7 +559,7 @@ def gpu_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         work = Path(tmp)
         if args.data:
             data = args.data
-            image_size = 256 if args.data.resolve() == REAL_DATA.resolve() else 0
+            image_size = 256 if args.data.resolve() == REAL_DATA.resolve() else None  # None: the chips' own
         elif on_cuda and REAL_DATA.is_dir():
             data, image_size = REAL_DATA, 256
         else:

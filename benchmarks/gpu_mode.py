@@ -11,9 +11,10 @@ on the same chips and at the same batch size:
 - their ratio, and the GPU's utilisation sampled every 200 ms during the fit (``pynvml`` when
   importable, else ``nvidia-smi``; "unavailable" when neither works or on the CPU).
 
-Imports: torch, lightning, torchmetrics, numpy, PyYAML (a lightning dependency) and Pillow (PNG
-chips; rasterio only for GeoTIFF chips). Not needed: rasterio for PNG data, pystac, jsonschema,
-mlflow, kfp, onnx, onnxruntime.
+Imports: torch, lightning, torchmetrics, numpy, PyYAML (a lightning dependency) and Pillow. The
+project reads GeoTIFFs (the dev set's labels) with rasterio; where it is not importable (the GPU
+image) they are rewritten as PNG with Pillow first (:func:`needs_png`). Not needed: pystac,
+jsonschema, mlflow, kfp, onnx, onnxruntime.
 """
 
 from __future__ import annotations
@@ -130,23 +131,45 @@ def fit_sampler(sampler: UtilisationSampler):
     return FitSampler()
 
 
-def repeated_dataset(data: Path, repeat: int, out: Path) -> Path:
+def needs_png(data: Path) -> bool:
+    """Whether ``data`` holds GeoTIFFs and rasterio is not importable (the GPU image has none)."""
+    try:
+        import rasterio  # noqa: F401
+
+        return False
+    except ImportError:
+        return any(f.suffix.lower() in (".tif", ".tiff") for sub in ("chips", "labels") for f in (data / sub).iterdir())
+
+
+def repeated_dataset(data: Path, repeat: int, out: Path, to_png: bool = False) -> Path:
     """``data``'s chips and labels ``repeat`` times (``r<k>-<stem>``, hard links where possible), so an
-    epoch is long enough to time. Copies are other tiles to the splitter: the split is a different
-    one from ``data``'s own, which a throughput figure does not mind."""
-    if repeat <= 1:
+    epoch is long enough to time; with ``to_png``, GeoTIFFs decoded by Pillow and written as PNG (the
+    same pixels; georeferencing is dropped, which XYZ-named tiles do not need). Copies are other
+    tiles to the splitter: the split is a different one from ``data``'s own, which a throughput
+    figure does not mind."""
+    if repeat <= 1 and not to_png:
         return data
     for sub in ("chips", "labels"):
         (out / sub).mkdir(parents=True, exist_ok=True)
         for file in sorted((data / sub).iterdir()):
             if not file.is_file():
                 continue
+            if to_png and file.suffix.lower() in (".tif", ".tiff"):
+                from PIL import Image
+
+                source = out / sub / (file.stem + ".png")
+                with Image.open(file) as image:
+                    image.save(source)
+            else:
+                source = file
             for k in range(repeat):
-                target = out / sub / (file.name if k == 0 else f"r{k}-{file.name}")
+                target = out / sub / (source.name if k == 0 else f"r{k}-{source.name}")
+                if target == source:
+                    continue
                 try:
-                    os.link(file, target)
+                    os.link(source, target)
                 except OSError:
-                    shutil.copyfile(file, target)
+                    shutil.copyfile(source, target)
     return out
 
 
@@ -245,7 +268,7 @@ def real_train(config, stats_run: Path, data: Path, run: Path, sampler: Utilisat
     }
 
 
-def bench_gpu(data: Path, image_size: int, work: Path, device: str, epochs: int, repeat: int,
+def bench_gpu(data: Path, image_size: int | None, work: Path, device: str, epochs: int, repeat: int,
               batch_size: int | None, warmup: int, steps: int, skip: tuple[str, ...] = ()) -> dict:
     """Every variant's bare step and real ``train()`` on the same chips; see the module's docstring."""
     import torch
@@ -256,7 +279,8 @@ def bench_gpu(data: Path, image_size: int, work: Path, device: str, epochs: int,
     from components.ml.batch_size import default_batch_size, device_memory
     from components.stages.stats import compute_statistics
 
-    chips = repeated_dataset(data, repeat, work / "repeated")
+    to_png = needs_png(data)
+    chips = repeated_dataset(data, repeat, work / "repeated", to_png)
     stats_run = work / "stats"
     stats = compute_statistics(chips, stats_run, image_size=image_size, network_depth=4)
     prep = Preprocessing.from_stats(read_json(stats_run / "stats.json"))
@@ -269,6 +293,7 @@ def bench_gpu(data: Path, image_size: int, work: Path, device: str, epochs: int,
         "device_memory_bytes": memory, "data": str(data), "repeat": repeat, "image_size": prep.image_size,
         "counts": stats["counts"], "epochs": epochs, "batch_size": batch, "auto_batch_size": auto,
         "torch": torch.__version__, "variants": {},
+        "tiff_as_png": "GeoTIFFs read by Pillow and written as PNG (rasterio is not importable)" if to_png else None,
     }
     sampler = UtilisationSampler(enabled=device == "cuda")
     for name, config in variants(batch, epochs, device).items():
