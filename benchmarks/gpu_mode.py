@@ -71,7 +71,7 @@ class UtilisationSampler:
         try:
             self._proc = subprocess.Popen(
                 ["nvidia-smi", "-i", str(self.index), "--query-gpu=utilization.gpu,memory.used",
-                 "--format=csv,noheader,nounits", f"-lms={int(PERIOD_S * 1000)}"],
+                 "--format=csv,noheader,nounits", "-lms", str(int(PERIOD_S * 1000))],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError:
             return
