@@ -90,7 +90,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         train_augment: bool = TrainConfig.augment,
         # The cluster's budget, on purpose larger than TrainConfig's (the defaults of --run-local).
         train_epochs: int = 50,
-        train_batch_size: int = 16,
+        train_batch_size: int = 0,
         train_patience: int = 10,
         train_precision: str = TrainConfig.precision,
         evaluate_tta: bool = False,
@@ -122,7 +122,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             train_lr_schedule: cosine, plateau (reduce on validation-loss plateau) or none.
             train_augment: Flips, 90-degree rotations and brightness/contrast jitter on the train split.
             train_epochs: Maximum number of epochs.
-            train_batch_size: Chips per batch.
+            train_batch_size: Chips per batch and GPU; 0 picks it: 8 on the CPU, from the GPU's memory, the image size and the train split's size on a GPU.
             train_patience: Epochs without validation-IoU improvement before early stopping.
             train_precision: auto (bf16 mixed precision on GPU, fp32 on CPU), 32, bf16-mixed or 16-mixed.
             evaluate_tta: Test-time augmentation in evaluation: score the mean probability of each test chip and its horizontal, vertical and double flips (recorded in metrics.json; promotion compares with the champion's own test metrics, so keep it the same across versions).

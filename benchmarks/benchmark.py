@@ -26,7 +26,15 @@ Prints a table (and writes JSON with ``--json PATH``) of:
    A B A B so that shared-machine load hits both alike; the figure of each is the better of its
    two runs, and their ratio.
 
+5. With ``--gpu`` (instead of 1-3): on a CUDA GPU, the bare train step (network + loss + AdamW on
+   device-resident tensors) against the real ``train()`` on the same chips and batch size, their
+   ratio and the GPU utilisation during the fit, for fp32, bf16-mixed, bf16-mixed +
+   ``torch.compile`` and the seed recipe (``benchmarks/gpu_mode.py``). Without CUDA it exits 2;
+   ``--gpu --device cpu`` runs the same code on the CPU with tiny sizes (a smoke test; no
+   ``torch.compile``, utilisation "unavailable"). ``benchmarks/gpu_check.sh`` runs it in one go.
+
 Usage: ``python benchmarks/benchmark.py [--quick] [--json PATH]`` or
+``python benchmarks/benchmark.py --gpu [--device cpu] [--repeat N] [--epochs E] [--json PATH]`` or
 ``python benchmarks/benchmark.py --compare-train SRC [--data D] [--epochs E] [--json PATH]``. ``--quick`` shrinks everything
 (tiny synthetic chips, two epochs, few repetitions) for a smoke run of well under a minute.
 """
@@ -437,7 +445,7 @@ def table(results: dict) -> str:
         rows.append((f"stats {key} chips ({s['chip_size']}px)",
                      f"{s[key]['seconds']:.1f} s, peak RSS {s[key]['peak_rss_mib']:.0f} MiB "
                      f"(+{s[key]['peak_rss_above_import_mib']:.0f} above import)"))
-    rows.append(("GPU fp32 / bf16 training", "not measured (no GPU)" if not m["gpu"] else "not measured (the script has no GPU mode yet)"))
+    rows.append(("GPU fp32 / bf16 training", "not measured (no GPU)" if not m["gpu"] else "not measured here: see --gpu"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -453,7 +461,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="only compare the default recipe's training images/s of source tree SRC and this one")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "campseg-benchmark-cache",
                         help="where generated synthetic datasets are kept between runs")
+    parser.add_argument("--gpu", action="store_true",
+                        help="only the GPU mode: bare train step vs train(), utilisation, fp32/bf16/compile/seed recipe")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="--gpu's device; cpu: the same code with tiny sizes, a dry run (default: cuda)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="--gpu: each chip this many times, for epochs long enough to time (default: 24 on "
+                             "cuda, 1 on cpu)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="--gpu: batch of the fp32/bf16/compile variants (default: the auto batch size)")
+    parser.add_argument("--bare-steps", type=int, default=None,
+                        help="--gpu: timed steps of the bare train step (default: 50 on cuda, 2 on cpu)")
     args = parser.parse_args(argv)
+    if args.gpu:
+        return gpu_main(args, parser)
     sizes = dict(QUICK if args.quick else FULL)
     if args.epochs:
         sizes["epochs"] = args.epochs
@@ -500,9 +521,61 @@ def main(argv: list[str] | None = None) -> int:
                                                  work / "stats")
     results["figures"] = figures(results)
     results["gpu"] = {"fp32_images_per_second": None, "bf16_images_per_second": None,
-                      "note": "not measured: no GPU on this machine"}
+                      "note": "not measured in this mode: benchmarks/benchmark.py --gpu"}
     results["wall_seconds"] = time.perf_counter() - started
     print(table(results))
+    print(json.dumps(results["figures"], indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+def gpu_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--gpu``: see ``benchmarks/gpu_mode.py``."""
+    import logging
+    import warnings
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --gpu needs a CUDA GPU and torch.cuda.is_available() is False on this machine "
+              f"(torch {torch.__version__}); --gpu --device cpu runs the same code on the CPU with tiny sizes",
+              file=sys.stderr)
+        return 2
+    for name in ("repeat", "epochs", "batch_size", "bare_steps"):
+        value = getattr(args, name)
+        if value is not None and value < (2 if name == "epochs" else 1):
+            parser.error(f"--{name.replace('_', '-')} {value}: too small")
+    from gpu_mode import bench_gpu, gpu_figures, gpu_table
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    on_cuda = args.device == "cuda"
+    started = time.perf_counter()
+    results: dict = {"machine": machine_info()}
+    with tempfile.TemporaryDirectory(prefix="campseg-bench-gpu-") as tmp:
+        work = Path(tmp)
+        if args.data:
+            data = args.data
+            image_size = 256 if args.data.resolve() == REAL_DATA.resolve() else None  # None: the chips' own
+        elif on_cuda and REAL_DATA.is_dir():
+            data, image_size = REAL_DATA, 256
+        else:
+            from components.data.sample_data import generate_sample_dataset
+
+            size = 256 if on_cuda else 32
+            data = generate_sample_dataset(work / "train-data", 96 if on_cuda else 20, size=size, seed=1)
+            image_size = size
+        repeat = args.repeat or (24 if on_cuda else 1)
+        results["gpu"] = bench_gpu(
+            data, image_size, work / "gpu", args.device, epochs=args.epochs or (4 if on_cuda else 2), repeat=repeat,
+            batch_size=args.batch_size, warmup=10 if on_cuda else 1, steps=args.bare_steps or (50 if on_cuda else 2),
+            skip=() if on_cuda else ("bf16_compile",))
+    results["figures"] = gpu_figures(results["gpu"])
+    results["wall_seconds"] = time.perf_counter() - started
+    print(gpu_table(results["gpu"]))
     print(json.dumps(results["figures"], indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,8 @@ def check_pipeline_arguments(arguments: Mapping[str, Any], pipeline_func) -> Non
     values.update(arguments)
     check_numbers(values, seeds=("split_seed",))
     train = {name.removeprefix("train_"): v for name, v in values.items() if name.startswith("train_")}
+    if train.get("batch_size") == 0:  # auto
+        train["batch_size"] = None
     try:
         TrainConfig(**train, seed=values.get("split_seed", TrainConfig.seed))
     except (ParameterError, TypeError) as exc:  # name the pipeline's flag, not the config field

@@ -102,7 +102,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(NO_AUGMENT, dest="augment", action="store_false", default=argparse.SUPPRESS,
                    help="same as --train-augment false")
     _term(p, "train_epochs", type=int, default=defaults.epochs, help="maximum number of epochs")
-    _term(p, "train_batch_size", type=int, default=defaults.batch_size, help="chips per batch")
+    _term(p, "train_batch_size", type=int, default=0,
+          help="chips per batch and device; 0 (default): auto, 8 on the CPU, from GPU memory and the "
+               "split's size on a GPU")
     _term(p, "train_patience", type=int, default=defaults.patience,
           help="epochs without validation-IoU improvement before early stopping")
     _term(p, "train_precision", default=defaults.precision, choices=get_args(PrecisionName),
@@ -126,7 +128,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         architecture=args.architecture, base_channels=args.base_channels, depth=args.depth,
         encoder_name=args.encoder_name, loss=args.loss, optimizer=args.optimizer,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-        augment=args.augment, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+        augment=args.augment, epochs=args.epochs, batch_size=args.batch_size or None,
+        patience=args.patience,
         seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes,
         num_workers=args.num_workers, compile=args.compile, channels_last=args.channels_last,

@@ -57,7 +57,8 @@ class TrainConfig:
         lr_schedule: ``cosine``, ``plateau`` (reduce on validation-loss plateau) or ``none``.
         augment: flips, 90-degree rotations and brightness/contrast jitter on the train split.
         epochs: maximum number of epochs.
-        batch_size: chips per batch.
+        batch_size: chips per batch and device; None (auto): 8 on the CPU, on a GPU from its memory,
+            the image size and the train split's size (:func:`components.ml.batch_size.default_batch_size`).
         patience: epochs without validation-IoU improvement before early stopping.
         seed: seed of model initialisation, shuffling and augmentation.
         precision: ``auto`` (bf16 mixed precision on GPU, 32 on CPU) or a Lightning precision.
@@ -85,7 +86,7 @@ class TrainConfig:
     lr_schedule: ScheduleName = "cosine"
     augment: bool = True
     epochs: int = 15
-    batch_size: int = 8
+    batch_size: int | None = None
     patience: int = 6
     seed: int = 42
     precision: PrecisionName = "auto"
@@ -108,8 +109,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in get_args(allowed):
                 raise ParameterError(f"{name}={value!r}: choose one of {', '.join(get_args(allowed))}")
-        for name in ("base_channels", "depth", "epochs", "batch_size", "patience", "devices", "num_nodes"):
+        for name in ("base_channels", "depth", "epochs", "patience", "devices", "num_nodes"):
             _check_int(getattr(self, name), name, 1)
+        if self.batch_size is not None:
+            _check_int(self.batch_size, "batch_size", 1)
         if self.num_workers is not None:
             _check_int(self.num_workers, "num_workers", 0)
         check_seed(self.seed)

@@ -22,8 +22,7 @@ from components.kubeflow.local_log import RunLog, captured_run, clean, failure_t
 
 #: Lighter defaults of ``--run-local`` on a laptop: TrainConfig's own (the compiled pipeline
 #: keeps the cluster ones).
-LOCAL_DEFAULTS = {"train_epochs": TrainConfig.epochs, "train_batch_size": TrainConfig.batch_size,
-                  "train_patience": TrainConfig.patience}
+LOCAL_DEFAULTS = {"train_epochs": TrainConfig.epochs, "train_patience": TrainConfig.patience}
 #: No retries locally (kfp.local honours KFP's too), so an error of the first step fails fast;
 #: transfers retry on their own. No scratch volume: TMPDIR stays this machine's.
 LOCAL_SETTINGS = ClusterSettings(retries=0, scratch_size="")

@@ -168,6 +168,8 @@ def run_train(dataset_uri: str, statistics_dir: str, training_dir: str, config: 
     from components.stages.train import train
 
     with staged_run(dataset_uri, splits=SPLITS_READ["train"], statistics=statistics_dir) as (layout, data):
+        # The pipeline's train_batch_size 0 means auto (TrainConfig's None).
+        config = {**config, "batch_size": config.get("batch_size") or None}
         result = train(layout.root, TrainConfig.from_dict(config), data, listeners=listeners, progress_bar=True)
         collect(layout, "training", training_dir)
         return result

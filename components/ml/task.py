@@ -19,13 +19,15 @@ from components.contracts.config import TrainConfig
 from components.contracts.preprocessing import Preprocessing
 from components.data.pairs import IGNORE, Pair, load_example
 from components.ml.augmentation import BatchTransform
+from components.ml.chip_cache import ChipArrays, memory_budget
 from components.ml.losses import build_loss
 from components.ml.metrics import EpochListener, epoch_row, metric_collection
 from components.ml.networks import build_network
 
 
 class ChipDataset(Dataset):
-    """Raw chips and uint8 masks of one split, decoded once, up front, and kept in memory.
+    """Raw chips and uint8 masks of one split, decoded once, up front, and kept in memory, or
+    memory-mapped on the scratch disk when they exceed ``budget`` (:mod:`components.ml.chip_cache`).
 
     Chips stay in their stored pixel type (uint8 for 8-bit imagery: a quarter of float32's memory
     and copy time; other integer types as int32, float chips as float32); normalisation and
@@ -35,22 +37,34 @@ class ChipDataset(Dataset):
     Args:
         pairs: the split's pairs.
         prep: preprocessing from ``stats.json`` (image size and no-data value).
+        budget: bytes the split may keep in memory; None: :func:`~components.ml.chip_cache.memory_budget`
+            (``$CAMPSEG_CHIP_CACHE_BYTES``, else a share of the available memory).
     """
 
-    def __init__(self, pairs: Sequence[Pair], prep: Preprocessing) -> None:
+    def __init__(self, pairs: Sequence[Pair], prep: Preprocessing, budget: int | None = None) -> None:
         self.pairs = list(pairs)
         size, bands = prep.image_size, len(prep.bands)
-        self.chips = np.empty((len(self.pairs), bands, size, size), dtype=_storage_dtype(prep.dtype))
-        self.masks = np.empty((len(self.pairs), size, size), dtype=np.uint8)
+        self.store = ChipArrays(len(self.pairs), bands, size, _storage_dtype(prep.dtype),
+                                memory_budget() if budget is None else budget)
         for i, pair in enumerate(self.pairs):
-            self.chips[i], self.masks[i] = load_example(pair, size, prep.nodata)
+            self.store.chips[i], self.store.masks[i] = load_example(pair, size, prep.nodata)
+        self.store.finish()
+
+    @property
+    def chips(self) -> np.ndarray:
+        return self.store.chips
+
+    @property
+    def masks(self) -> np.ndarray:
+        return self.store.masks
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw chip (C, S, S) and mask (S, S): 0, 1 or IGNORE (no data)."""
-        return torch.from_numpy(self.chips[index]), torch.from_numpy(self.masks[index])
+        chip, mask = self.store.item(index)
+        return torch.from_numpy(chip), torch.from_numpy(mask)
 
 
 def _storage_dtype(dtype: str) -> type:

@@ -26,6 +26,7 @@ from components.contracts.run_layout import (
     write_json,
 )
 from components.data.manifest import read_manifest
+from components.ml.batch_size import default_batch_size, device_memory
 from components.ml.distributed import Launch, choose_strategy, detect_launch
 from components.ml.metrics import MONITOR, EpochListener, best_row
 from components.ml.progress_bar import StderrProgressBar
@@ -150,8 +151,11 @@ def _train(layout: RunLayout, config: TrainConfig, launch: Launch, data_dir: Pat
                            f"{config.num_nodes}); every process needs at least one validation chip")
 
     L.seed_everything(config.seed, workers=True)
+    batch_size = config.batch_size or default_batch_size(
+        on_gpu(config), prep.image_size, len(prep.bands), len(by_split["train"]), ranks,
+        device_memory() if on_gpu(config) else None)
     data = ChipDataModule(ChipDataset(by_split["train"], prep), ChipDataset(by_split["val"], prep),
-                          config.batch_size, num_workers(config), pin_memory=on_gpu(config), seed=config.seed)
+                          batch_size, num_workers(config), pin_memory=on_gpu(config), seed=config.seed)
     task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold,
                             preprocessing=prep.to_dict())
     # Only rank 0 writes, and only here: the checkpoint and the epoch rows. This process publishes
@@ -192,7 +196,7 @@ def _train(layout: RunLayout, config: TrainConfig, launch: Launch, data_dir: Pat
     layout.history.unlink(missing_ok=True)
     Path(checkpoint.best_model_path).replace(layout.checkpoint)
     shutil.rmtree(partial_dir, ignore_errors=True)
-    write_json(layout.config, config.to_dict())
+    write_json(layout.config, {**config.to_dict(), "batch_size": batch_size})  # the batch size it trained with
     # The checkpoint keeps the first epoch with the highest val IoU, as best_row picks it.
     result = {
         "best_epoch": best["epoch"],
@@ -204,6 +208,7 @@ def _train(layout: RunLayout, config: TrainConfig, launch: Launch, data_dir: Pat
         "devices": config.devices,
         "num_nodes": config.num_nodes,
         "precision": _precision(config),
+        "batch_size": batch_size,
     }
     lineage = {"statistics": statistics, "checkpoint": file_digest(layout.checkpoint)}
     write_json(layout.history, {"started_at": _utc_iso(started), "finished_at": _utc_iso(finished),

@@ -131,7 +131,7 @@ def mlm_properties(model_name: str, prep: Preprocessing, config: Mapping[str, An
         "mlm:total_parameters": total_parameters,
         "mlm:pretrained": False,
         "mlm:pretrained_source": None,
-        "mlm:batch_size_suggestion": int(config.get("batch_size", 8)),
+        "mlm:batch_size_suggestion": int(config.get("batch_size") or 8),
         # null: "the model does not require any specific accelerator" (MLM): the main asset is
         # ONNX, which ONNX Runtime runs on any CPU.
         "mlm:accelerator": None,

@@ -172,7 +172,7 @@ def test_pipeline_help_tells_the_local_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--train-epochs EPOCHS, --epochs EPOCHS" in text
     assert "default: 50 on a cluster; --run-local uses 15 unless given" in text
-    assert "default: 16 on a cluster; --run-local uses 8 unless given" in text
+    assert "--run-local uses" not in text.split("--train-batch-size")[1].split("--train-patience")[0]  # 0 (auto) on both
     for name in pipeline.PIPELINES:
         for action in pipeline_parser(name)._actions:
             assert action.help, f"pipeline.py {action.option_strings}: no help"
@@ -230,7 +230,7 @@ def test_pipeline_config_file_and_print_config(tmp_path, capsys):
     assert cli(["--run-local", "--config", str(config), "--train-epochs", "4", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train-epochs"] == 4 and printed["dataset-uri"] == "data/sample"
-    assert printed["train-batch-size"] == 8  # the local default, as the run would get it
+    assert printed["train-batch-size"] == 0  # auto: 8 on this CPU, as the run would get it
     assert printed["train-augment"] is False
     assert "schedule" not in printed and "image" not in printed  # only what --run-local takes
     again = tmp_path / "again.yaml"

@@ -176,7 +176,7 @@ def test_parameter_defaults_are_the_library_defaults(compiled):
                  "lr_schedule", "augment", "precision"):
         assert defaults[f"train_{name}"] == getattr(config, name), name
     assert defaults["model_threshold"] == Preprocessing.threshold == 0.5
-    assert (defaults["train_epochs"], defaults["train_batch_size"], defaults["train_patience"]) == (50, 16, 10)
+    assert (defaults["train_epochs"], defaults["train_batch_size"], defaults["train_patience"]) == (50, 0, 10)
 
 
 def test_evaluation_tta_is_a_parameter_the_evaluate_step_takes(compiled):

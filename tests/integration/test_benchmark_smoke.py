@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -40,3 +41,62 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
         else:
             assert value > 0, (key, value)
     assert "train_speed_ratio_default_over_baseline" in proc.stdout  # the table and JSON print
+
+
+def test_gpu_mode_dry_run_on_the_cpu_reports_every_variant(tmp_path):
+    """``--gpu --device cpu``: the GPU mode's code with tiny sizes; compile skipped, utilisation unavailable."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "benchmarks/benchmark.py", "--gpu", "--device", "cpu", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    gpu = json.loads(out.read_text())["gpu"]
+    assert set(gpu["variants"]) == {"fp32", "bf16", "bf16_compile", "seed_recipe"}
+    assert "skipped" in gpu["variants"]["bf16_compile"]
+    for name in ("fp32", "bf16", "seed_recipe"):
+        v = gpu["variants"][name]
+        assert v["bare_step"]["images_per_second"] > 0 and v["train"]["images_per_second"] > 0
+        assert math.isclose(v["train_over_bare"], v["train"]["images_per_second"] / v["bare_step"]["images_per_second"])
+        assert v["train"]["utilisation_fit"]["samples"] == 0 and v["train"]["utilisation_fit"]["note"] == "unavailable"
+    assert gpu["variants"]["fp32"]["train"]["precision"] == "32-true"
+    assert gpu["variants"]["bf16"]["train"]["precision"] == "bf16-mixed"
+    assert gpu["variants"]["seed_recipe"]["bare_step"]["batch_size"] == 32
+    assert gpu["variants"]["fp32"]["train"]["batch_size"] == gpu["variants"]["fp32"]["bare_step"]["batch_size"]
+    assert "train() img/s" in proc.stdout and "unavailable" in proc.stdout
+
+
+def test_gpu_mode_without_cuda_exits_non_zero_with_a_clear_message():
+    import torch
+
+    if torch.cuda.is_available():
+        return  # a GPU machine runs the real mode instead (benchmarks/gpu_check.sh)
+    proc = subprocess.run([sys.executable, "benchmarks/benchmark.py", "--gpu"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--gpu needs a CUDA GPU" in proc.stderr and "--device cpu" in proc.stderr
+
+
+def test_utilisation_sampler_reads_nvidia_smi_lines(tmp_path, monkeypatch):
+    """No GPU here: a stand-in ``nvidia-smi`` prints what the real one prints with
+    ``--format=csv,noheader,nounits -lms 200`` (pynvml is not installed on this machine)."""
+    import importlib.util
+    import time
+
+    if importlib.util.find_spec("pynvml") is not None:
+        return  # the sampler would use pynvml, not the command line
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nwhile true; do echo '87, 40960'; echo '93, 41000'; sleep 0.05; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpu_mode import UtilisationSampler
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    sampler = UtilisationSampler()
+    sampler.start()
+    time.sleep(0.5)
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["source"] == "nvidia-smi" and summary["samples"] >= 2
+    assert 87 <= summary["mean_percent"] <= 93 and summary["max_memory_mib"] == 41000
+    assert UtilisationSampler(enabled=False).summary()["note"] == "unavailable"
