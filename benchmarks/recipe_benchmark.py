@@ -93,13 +93,19 @@ def run_one(stats_run: Path, work: Path, data: Path, recipe: str, overrides: dic
             threads: int) -> dict:
     """Train, export and evaluate one recipe with one seed in a fresh process."""
     settings = {**overrides, "seed": seed, "epochs": epochs}
-    cmd = [sys.executable, "-c", _CHILD, str(stats_run), str(work / f"{recipe}-{seed}"), str(data),
-           json.dumps(settings), str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)})
-    if proc.returncode:
-        raise RuntimeError(f"{recipe} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    run = work / f"{recipe}-{seed}"
+    record = run.with_suffix(".json")  # a finished run of the same settings in --work is reused
+    if record.is_file() and json.loads(record.read_text())["settings"] == settings:
+        row = json.loads(record.read_text())["result"]
+    else:
+        shutil.rmtree(run, ignore_errors=True)
+        cmd = [sys.executable, "-c", _CHILD, str(stats_run), str(run), str(data), json.dumps(settings), str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)})
+        if proc.returncode:
+            raise RuntimeError(f"{recipe} seed {seed} failed:\n{proc.stderr[-3000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        record.write_text(json.dumps({"settings": settings, "result": row}))
     print(f"  {recipe:>14} seed {seed}: val IoU {row['val_iou']:.3f}  test IoU {row['test_iou']:.3f}  "
           f"(best epoch {row['best_epoch']}, {row['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return {"recipe": recipe, "seed": seed, **row}
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--data", type=Path, default=REAL_DATA, help="labelled chips (chips/ and labels/)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--work", type=Path, help="run folders go here (default: a temporary folder, removed)")
+    parser.add_argument("--work", type=Path, help="run folders go here, and finished runs found here with the same "
+                        "settings are reused (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     unknown = [r for r in args.recipes if r not in RECIPES]
     if unknown:
@@ -151,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="campseg-recipes-"))
     stats_run = work / "stats"
-    stats = compute_statistics(args.data, stats_run, network_depth=4, seed=args.split_seed)
+    if (stats_run / "stats.json").is_file():  # an earlier sweep's split in --work: its runs stay comparable
+        stats = json.loads((stats_run / "stats.json").read_text())
+    else:
+        stats = compute_statistics(args.data, stats_run, network_depth=4, seed=args.split_seed)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.time()
     jobs = [(name, seed) for seed in args.seeds for name in args.recipes]
