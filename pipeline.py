@@ -88,6 +88,11 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         train_weight_decay: float = TrainConfig.weight_decay,
         train_lr_schedule: str = TrainConfig.lr_schedule,
         train_augment: bool = TrainConfig.augment,
+        train_warmup_epochs: float = TrainConfig.warmup_epochs,
+        train_crop_scale: float = TrainConfig.crop_scale,
+        train_color_jitter: float = TrainConfig.color_jitter,
+        train_dice_weight: float = TrainConfig.dice_weight,
+        train_ema_decay: float = TrainConfig.ema_decay,
         # The cluster's budget, on purpose larger than TrainConfig's (the defaults of --run-local).
         train_epochs: int = 50,
         train_batch_size: int = 0,
@@ -121,6 +126,11 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             train_weight_decay: Weight decay of adamw and sgd.
             train_lr_schedule: cosine, plateau (reduce on validation-loss plateau) or none.
             train_augment: Flips, 90-degree rotations and brightness/contrast jitter on the train split.
+            train_warmup_epochs: Epochs of linear learning-rate warm-up, step by step, before the schedule (0: none).
+            train_crop_scale: With augmentation, the smallest share of a chip's area a random crop keeps before it is resized back (1: no crops).
+            train_color_jitter: With augmentation, the largest relative change of each band's gain (0: none).
+            train_dice_weight: Weight of the Dice term of the bce_dice loss (BCE has weight 1).
+            train_ema_decay: Per-step decay of the weights' moving average that validates and is exported (0: none).
             train_epochs: Maximum number of epochs.
             train_batch_size: Chips per batch and GPU; 0 picks it: 8 on the CPU, from the GPU's memory, the image size and the train split's size on a GPU.
             train_patience: Epochs without validation-IoU improvement before early stopping.
@@ -150,7 +160,9 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                 train_base_channels=train_base_channels, train_depth=train_depth, train_loss=train_loss,
                 train_optimizer=train_optimizer, train_learning_rate=train_learning_rate,
                 train_weight_decay=train_weight_decay, train_lr_schedule=train_lr_schedule,
-                train_augment=train_augment, train_epochs=train_epochs, train_batch_size=train_batch_size,
+                train_augment=train_augment, train_warmup_epochs=train_warmup_epochs, train_crop_scale=train_crop_scale,
+                train_color_jitter=train_color_jitter, train_dice_weight=train_dice_weight,
+                train_ema_decay=train_ema_decay, train_epochs=train_epochs, train_batch_size=train_batch_size,
                 train_patience=train_patience, train_precision=train_precision, model_threshold=model_threshold,
             )
             # Unchanged data and parameters (and no force_retrain): the run ends here, "no new data".
@@ -165,7 +177,9 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
                     "train-model", dataset_uri=dataset_uri, statistics=statistics, architecture=train_architecture,
                     base_channels=train_base_channels, depth=train_depth, loss=train_loss, optimizer=train_optimizer,
                     learning_rate=train_learning_rate, weight_decay=train_weight_decay,
-                    lr_schedule=train_lr_schedule, augment=train_augment, epochs=train_epochs,
+                    lr_schedule=train_lr_schedule, augment=train_augment, warmup_epochs=train_warmup_epochs,
+                    crop_scale=train_crop_scale, color_jitter=train_color_jitter, dice_weight=train_dice_weight,
+                    ema_decay=train_ema_decay, epochs=train_epochs,
                     batch_size=train_batch_size, patience=train_patience, seed=split_seed, precision=train_precision,
                     mlflow_run_id=tracking.output, **train_job,
                 ).outputs["training"]

@@ -101,6 +101,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
           help="flips, 90-degree rotations and brightness/contrast jitter on the train split")
     p.add_argument(NO_AUGMENT, dest="augment", action="store_false", default=argparse.SUPPRESS,
                    help="same as --train-augment false")
+    _term(p, "train_warmup_epochs", type=float, default=defaults.warmup_epochs,
+          help="epochs of linear learning-rate warm-up, step by step, before the schedule (0: none)")
+    _term(p, "train_crop_scale", type=float, default=defaults.crop_scale,
+          help="with augmentation, smallest share of a chip's area a random crop keeps before it is resized "
+               "back (1: no crops)")
+    _term(p, "train_color_jitter", type=float, default=defaults.color_jitter,
+          help="with augmentation, largest relative change of each band's gain (0: none)")
+    _term(p, "train_dice_weight", type=float, default=defaults.dice_weight,
+          help="weight of the Dice term of the bce_dice loss (BCE has weight 1)")
+    _term(p, "train_ema_decay", type=float, default=defaults.ema_decay,
+          help="per-step decay of the weights' moving average that validates and is exported (0: none)")
     _term(p, "train_epochs", type=int, default=defaults.epochs, help="maximum number of epochs")
     _term(p, "train_batch_size", type=int, default=0,
           help="chips per batch and device; 0 (default): auto, 8 on the CPU, from GPU memory and the "
@@ -128,8 +139,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         architecture=args.architecture, base_channels=args.base_channels, depth=args.depth,
         encoder_name=args.encoder_name, loss=args.loss, optimizer=args.optimizer,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-        augment=args.augment, epochs=args.epochs, batch_size=args.batch_size or None,
-        patience=args.patience,
+        augment=args.augment, warmup_epochs=args.warmup_epochs, crop_scale=args.crop_scale,
+        color_jitter=args.color_jitter, dice_weight=args.dice_weight, ema_decay=args.ema_decay, epochs=args.epochs,
+        batch_size=args.batch_size or None, patience=args.patience,
         seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes,
         num_workers=args.num_workers, compile=args.compile, channels_last=args.channels_last,

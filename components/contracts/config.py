@@ -55,7 +55,17 @@ class TrainConfig:
         weight_decay: weight decay of ``adamw`` and ``sgd``.
         momentum: momentum of ``sgd``.
         lr_schedule: ``cosine``, ``plateau`` (reduce on validation-loss plateau) or ``none``.
+        warmup_epochs: epochs over which the learning rate rises linearly, step by step, from
+            near 0 to ``learning_rate`` before the schedule takes over (0: no warm-up).
         augment: flips, 90-degree rotations and brightness/contrast jitter on the train split.
+        crop_scale: with ``augment``, the smallest share of a chip's area that a random crop keeps
+            before it is resized back to the chip's size (chip bilinear, mask nearest); 1: no crops.
+        color_jitter: with ``augment``, the largest relative change of each band's gain (a
+            per-band colour shift, on top of brightness/contrast); 0: none.
+        dice_weight: weight of the Dice term in the ``bce_dice`` loss (BCE has weight 1).
+        ema_decay: per-step decay of an exponential moving average of the weights, which
+            validation, the checkpoint and the exports use (a steadier model than the last step's
+            on little data); 0: no average.
         epochs: maximum number of epochs.
         batch_size: chips per batch and device; None (auto): 8 on the CPU, on a GPU from its memory,
             the image size and the train split's size (:func:`components.ml.batch_size.default_batch_size`).
@@ -84,7 +94,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     lr_schedule: ScheduleName = "cosine"
+    warmup_epochs: float = 0.0
     augment: bool = True
+    crop_scale: float = 1.0
+    color_jitter: float = 0.0
+    dice_weight: float = 1.0
+    ema_decay: float = 0.0
     epochs: int = 15
     batch_size: int | None = None
     patience: int = 6
@@ -116,8 +131,21 @@ class TrainConfig:
         if self.num_workers is not None:
             _check_int(self.num_workers, "num_workers", 0)
         check_seed(self.seed)
-        for name in ("learning_rate", "weight_decay", "momentum"):
+        for name in ("learning_rate", "weight_decay", "momentum", "warmup_epochs", "crop_scale", "color_jitter",
+                     "dice_weight", "ema_decay"):
             check_finite(getattr(self, name), name)
+        for name, low, high, closed in (("warmup_epochs", 0.0, float(self.epochs), True),
+                                        ("crop_scale", 0.0, 1.0, True), ("color_jitter", 0.0, 1.0, False),
+                                        ("ema_decay", 0.0, 1.0, False)):
+            value = getattr(self, name)
+            if not (low <= value <= high if closed else low <= value < high) or (name == "crop_scale" and value == 0):
+                bound = f"({low:g}, {high:g}]" if name == "crop_scale" else f"[{low:g}, {high:g}{']' if closed else ')'}"
+                raise ParameterError(f"{name}={value!r}: must be in {bound}")
+        if self.warmup_epochs > 0 and self.lr_schedule == "plateau":
+            raise ParameterError(f"warmup_epochs={self.warmup_epochs!r} with lr_schedule='plateau': a per-step "
+                                 "warm-up goes with cosine or none")
+        if not self.dice_weight >= 0:
+            raise ParameterError(f"dice_weight={self.dice_weight!r}: must be >= 0")
         if not self.learning_rate > 0:
             raise ParameterError(f"learning_rate={self.learning_rate!r}: must be > 0")
         if not self.weight_decay >= 0:

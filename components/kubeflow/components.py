@@ -58,6 +58,11 @@ def decide_training(
     train_weight_decay: float,
     train_lr_schedule: str,
     train_augment: bool,
+    train_warmup_epochs: float,
+    train_crop_scale: float,
+    train_color_jitter: float,
+    train_dice_weight: float,
+    train_ema_decay: float,
     train_epochs: int,
     train_batch_size: int,
     train_patience: int,
@@ -74,6 +79,8 @@ def decide_training(
         train_base_channels=train_base_channels, train_depth=train_depth, train_loss=train_loss,
         train_optimizer=train_optimizer, train_learning_rate=train_learning_rate,
         train_weight_decay=train_weight_decay, train_lr_schedule=train_lr_schedule, train_augment=train_augment,
+        train_warmup_epochs=train_warmup_epochs, train_crop_scale=train_crop_scale,
+        train_color_jitter=train_color_jitter, train_dice_weight=train_dice_weight, train_ema_decay=train_ema_decay,
         train_epochs=train_epochs, train_batch_size=train_batch_size, train_patience=train_patience,
         train_precision=train_precision, model_threshold=model_threshold,
     )
@@ -127,6 +134,11 @@ def train_model(
     weight_decay: float,
     lr_schedule: str,
     augment: bool,
+    warmup_epochs: float,
+    crop_scale: float,
+    color_jitter: float,
+    dice_weight: float,
+    ema_decay: float,
     epochs: int,
     batch_size: int,
     patience: int,
@@ -143,7 +155,9 @@ def train_model(
 
     config = dict(architecture=architecture, base_channels=base_channels, depth=depth, loss=loss,
                   optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay,
-                  lr_schedule=lr_schedule, augment=augment, epochs=epochs, batch_size=batch_size,
+                  lr_schedule=lr_schedule, augment=augment, warmup_epochs=warmup_epochs, crop_scale=crop_scale,
+                  color_jitter=color_jitter, dice_weight=dice_weight, ema_decay=ema_decay, epochs=epochs,
+                  batch_size=batch_size,
                   patience=patience, seed=seed, precision=precision, devices=devices)
     result = run_train(dataset_uri, statistics.path, training.path, config, tracking_listeners(mlflow_run_id, config))
     training.metadata.update({"framework": "pytorch-lightning", "best_epoch": result["best_epoch"]})
@@ -163,6 +177,11 @@ def train_model_job(
     weight_decay: float,
     lr_schedule: str,
     augment: bool,
+    warmup_epochs: float,
+    crop_scale: float,
+    color_jitter: float,
+    dice_weight: float,
+    ema_decay: float,
     epochs: int,
     batch_size: int,
     patience: int,
@@ -179,7 +198,9 @@ def train_model_job(
 
     config = dict(architecture=architecture, base_channels=base_channels, depth=depth, loss=loss,
                   optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay,
-                  lr_schedule=lr_schedule, augment=augment, epochs=epochs, batch_size=batch_size,
+                  lr_schedule=lr_schedule, augment=augment, warmup_epochs=warmup_epochs, crop_scale=crop_scale,
+                  color_jitter=color_jitter, dice_weight=dice_weight, ema_decay=ema_decay, epochs=epochs,
+                  batch_size=batch_size,
                   patience=patience, seed=seed, precision=precision)
     tracking_listeners(mlflow_run_id, config)  # logs the hyperparameters; the job's epochs are not streamed
     result = run_train_job(dataset_uri, statistics.path, training.path, config, job, kfp_run_id)

@@ -103,7 +103,8 @@ def train_flags(config: Mapping[str, Any], nodes: int, gpus_per_node: int) -> li
     parameters) on ``nodes`` nodes of ``gpus_per_node`` GPUs; ``--run`` and ``--data`` are the node's own."""
     flags: list[str] = []
     for key in ("architecture", "base_channels", "depth", "loss", "optimizer", "learning_rate", "weight_decay",
-                "lr_schedule", "epochs", "batch_size", "patience", "precision", "seed"):
+                "lr_schedule", "warmup_epochs", "crop_scale", "color_jitter", "dice_weight", "ema_decay", "epochs",
+                "batch_size", "patience", "precision", "seed"):
         if key in config:
             flags += ["--" + key.replace("_", "-"), str(config[key])]
     if not config.get("augment", True):

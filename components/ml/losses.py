@@ -72,19 +72,21 @@ class FocalLoss(nn.Module):
 
 
 class BCEDiceLoss(nn.Module):
-    """Sum of binary cross-entropy and soft Dice: stable gradients and overlap-aware."""
+    """Binary cross-entropy plus ``dice_weight`` x soft Dice: stable gradients and overlap-aware."""
 
-    def __init__(self) -> None:
+    def __init__(self, dice_weight: float = 1.0) -> None:
         super().__init__()
         self.bce = BCELoss()
         self.dice = DiceLoss()
+        self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.bce(logits.float(), target) + self.dice(logits, target)
+        return self.bce(logits.float(), target) + self.dice_weight * self.dice(logits, target)
 
 
-def build_loss(name: LossName) -> nn.Module:
-    """The loss module that ``name`` selects; every loss takes logits and a float target."""
+def build_loss(name: LossName, dice_weight: float = 1.0) -> nn.Module:
+    """The loss module that ``name`` selects (``dice_weight``: the Dice term's weight in ``bce_dice``);
+    every loss takes logits and a float target."""
     match name:
         case "bce":
             return BCELoss()
@@ -93,5 +95,5 @@ def build_loss(name: LossName) -> nn.Module:
         case "focal":
             return FocalLoss()
         case "bce_dice":
-            return BCEDiceLoss()
+            return BCEDiceLoss(dice_weight)
     raise ValueError(name)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 
@@ -93,7 +95,7 @@ class SegmentationTask(L.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig.from_dict(config)
         self.transform = None if preprocessing is None else BatchTransform(
-            Preprocessing.from_dict(preprocessing), self.config.seed)
+            Preprocessing.from_dict(preprocessing), self.config.seed, self.config.crop_scale, self.config.color_jitter)
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -102,9 +104,19 @@ class SegmentationTask(L.LightningModule):
         self.network = build_network(self.config, self.hparams.in_channels)
         if self.config.channels_last:  # the CPU and GPU convolution kernels' fastest layout
             self.network = self.network.to(memory_format=torch.channels_last)
+        self.ema = None
+        if self.config.ema_decay > 0:  # the weights' moving average, in the checkpoint beside the network
+            self.ema = AveragedModel(self.network, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay),
+                                     use_buffers=True)
+            self.ema.requires_grad_(False)
+
+    @property
+    def inference_network(self) -> torch.nn.Module:
+        """The network that validates, tests and is exported: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.network
 
     def configure_losses(self) -> None:
-        self.criterion = build_loss(self.config.loss)
+        self.criterion = build_loss(self.config.loss, self.config.dice_weight)
 
     def configure_metrics(self) -> None:
         metrics = metric_collection(self.hparams.threshold)
@@ -128,7 +140,13 @@ class SegmentationTask(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if not self.training and self.ema is not None:
+            return self.ema.module(x)
         return self.__dict__.get("_compiled", self.network)(x)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:  # DDP keeps the ranks' networks equal, so their averages stay equal too
+            self.ema.update_parameters(self.network)
 
     def _step(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
@@ -163,15 +181,17 @@ class SegmentationTask(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.config
+        params = self.network.parameters()
         match c.optimizer:
             case "adam":
-                optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate)
+                optimizer = torch.optim.Adam(params, lr=c.learning_rate)
             case "adamw":
-                optimizer = torch.optim.AdamW(self.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+                optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
             case "sgd":
-                optimizer = torch.optim.SGD(
-                    self.parameters(), lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay
-                )
+                optimizer = torch.optim.SGD(params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay)
+        if c.warmup_epochs > 0:
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._warmup_schedule(optimizer),
+                                                             "interval": "step"}}
         match c.lr_schedule:
             case "none":
                 return optimizer
@@ -181,6 +201,26 @@ class SegmentationTask(L.LightningModule):
             case "plateau":
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
                 return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+    def _warmup_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        c = self.config
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(max(round(total * c.warmup_epochs / max(c.epochs, 1)), 1), total)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(total, warmup, c.lr_schedule))
+
+
+def warmup_factor(total: int, warmup: int, schedule: str) -> Callable[[int], float]:
+    """The learning rate's factor at each step: a linear rise over ``warmup`` steps, then a cosine
+    down to 0 at step ``total`` (``schedule="cosine"``) or a constant 1 (``"none"``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
+
+    return factor
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -267,6 +307,6 @@ class HistoryCallback(Callback):
 
 
 def load_network(checkpoint: Path) -> torch.nn.Module:
-    """The logits network of a checkpoint, in eval mode on the CPU."""
+    """The logits network of a checkpoint (its moving average, where training kept one), in eval mode on the CPU."""
     task = SegmentationTask.load_from_checkpoint(str(checkpoint), map_location="cpu")
-    return task.network.to(memory_format=torch.contiguous_format).eval()
+    return task.inference_network.to(memory_format=torch.contiguous_format).eval()

@@ -36,7 +36,8 @@ from typing import Any, Mapping
 TRAINING_PARAMETERS = (
     "dataset_image_size", "split_train_ratio", "split_val_ratio", "split_test_ratio", "split_seed",
     "train_architecture", "train_base_channels", "train_depth", "train_loss", "train_optimizer",
-    "train_learning_rate", "train_weight_decay", "train_lr_schedule", "train_augment", "train_epochs",
+    "train_learning_rate", "train_weight_decay", "train_lr_schedule", "train_augment",
+    "train_warmup_epochs", "train_crop_scale", "train_color_jitter", "train_dice_weight", "train_ema_decay", "train_epochs",
     "train_batch_size", "train_patience", "train_precision", "model_threshold",
 )
 #: Run and version tag: the training parameters as canonical JSON.

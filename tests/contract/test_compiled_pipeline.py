@@ -173,7 +173,8 @@ def test_parameter_defaults_are_the_library_defaults(compiled):
         ratios.train, ratios.val, ratios.test) == (0.7, 0.15, 0.15)
     assert defaults["split_seed"] == config.seed == 42
     for name in ("architecture", "base_channels", "depth", "loss", "optimizer", "learning_rate", "weight_decay",
-                 "lr_schedule", "augment", "precision"):
+                 "lr_schedule", "augment", "warmup_epochs", "crop_scale", "color_jitter", "dice_weight", "ema_decay",
+                 "precision"):
         assert defaults[f"train_{name}"] == getattr(config, name), name
     assert defaults["model_threshold"] == Preprocessing.threshold == 0.5
     assert (defaults["train_epochs"], defaults["train_batch_size"], defaults["train_patience"]) == (50, 0, 10)

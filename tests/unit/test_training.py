@@ -259,3 +259,95 @@ def test_devices_must_leave_every_rank_a_validation_chip(tiny_stats, tmp_path):
     with pytest.raises(DatasetError, match=f"val split has {val} chip"):
         train(run, TrainConfig(**TINY, devices=val + 1, accelerator="cpu"), progress_bar=False)
     assert not (run / "checkpoints").exists()
+
+
+# --- the tuned recipe's parts: crops, band gains, warm-up, weight averaging, loss balance -------
+
+
+def test_crops_keep_chip_and_mask_aligned_and_labels_whole():
+    chips, masks = _object_batch()
+    masks[:, 0, :4] = IGNORE  # a no-data strip must stay no data, never blend into 0/1
+    x, y = BatchTransform(PREP, seed=4, crop_scale=0.4)(chips, masks, augment=True)
+    assert set(torch.unique(y).tolist()) <= {0.0, 1.0, float(IGNORE)}
+    zoomed = 0
+    for i in range(16):
+        valid = y[i, 0] != IGNORE
+        bright = x[i].mean(dim=0) > 0.5 * (x[i][:, valid].max() + x[i][:, valid].min())
+        # Bilinear chip and nearest mask may differ on the object's one-pixel rim only.
+        disagree = (bright != (y[i, 0] == 1)) & valid
+        assert disagree.sum() <= 2 * 32 + 2 * 32 * 0.5
+        zoomed += int((y[i, 0] == 1).sum()) > int((masks[i] == 1).sum())
+    assert zoomed >= 8  # a crop resized up enlarges the object
+
+
+def test_no_crop_or_gain_draws_unless_asked():
+    chips, masks = _object_batch()
+    plain = BatchTransform(PREP, seed=9)(chips, masks, augment=True)
+    explicit = BatchTransform(PREP, seed=9, crop_scale=1.0, color_jitter=0.0)(chips, masks, augment=True)
+    assert torch.equal(plain[0], explicit[0]) and torch.equal(plain[1], explicit[1])
+    draws = BatchTransform(PREP, seed=9, crop_scale=0.5, color_jitter=0.2).draw(64)
+    assert draws["crop_area"].min() >= 0.5 and draws["crop_area"].max() <= 1.0
+    assert draws["gain"].shape == (64, 3) and 0.8 <= draws["gain"].min() and draws["gain"].max() <= 1.2
+    assert np.ptp(draws["gain"], axis=1).max() > 0.05  # bands get their own gains: a colour shift
+
+
+def test_transform_pickles_with_its_augmentation_settings():
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(BatchTransform(PREP, seed=2, crop_scale=0.6, color_jitter=0.1)))
+    assert (copy.seed, copy.crop_scale, copy.color_jitter) == (2, 0.6, 0.1)
+
+
+def test_warmup_rises_per_step_then_follows_the_cosine():
+    from components.ml.task import warmup_factor
+
+    factor = warmup_factor(total=50, warmup=5, schedule="cosine")
+    rates = [factor(step) for step in range(50)]
+    assert rates[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:])) and rates[-1] < 0.01
+    flat = warmup_factor(total=50, warmup=5, schedule="none")
+    assert [flat(s) for s in (0, 4, 5, 49)] == pytest.approx([0.2, 1.0, 1.0, 1.0])
+
+
+def test_warmup_trains_and_logs_a_rising_rate(tiny_stats, tmp_path):
+    run = fresh_run(tiny_stats, tmp_path)
+    train(run, TrainConfig(**{**TINY, "epochs": 3}, warmup_epochs=2.0, lr_schedule="none"), progress_bar=False)
+    history = json.loads((run / "training_history.json").read_text())["epochs"]
+    assert history[0]["lr"] < history[1]["lr"] < history[2]["lr"] == pytest.approx(TrainConfig().learning_rate)
+
+
+def test_weight_average_is_what_validates_and_exports(tiny_stats, tmp_path):
+    run = fresh_run(tiny_stats, tmp_path)
+    train(run, TrainConfig(**TINY, ema_decay=0.5), progress_bar=False)
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    task = SegmentationTask.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    exported = load_network(checkpoint).state_dict()
+    average = task.ema.module.state_dict()
+    last = task.network.state_dict()
+    for key in exported:
+        torch.testing.assert_close(exported[key], average[key])
+    assert any(not torch.equal(average[k], last[k]) for k in last if last[k].is_floating_point())
+    assert not any(p.requires_grad for p in task.ema.parameters())  # the optimizer leaves it alone
+
+
+@pytest.mark.parametrize("option, value", [("crop_scale", 0.0), ("crop_scale", 1.5), ("color_jitter", 1.0),
+                                           ("ema_decay", 1.0), ("ema_decay", -0.1), ("warmup_epochs", 99.0),
+                                           ("dice_weight", -1.0), ("warmup_epochs", float("nan"))])
+def test_recipe_options_refuse_values_out_of_range(option, value):
+    from components.contracts.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=option):
+        TrainConfig(**{option: value})
+
+
+def test_warmup_needs_a_per_step_schedule():
+    from components.contracts.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="plateau"):
+        TrainConfig(warmup_epochs=1.0, lr_schedule="plateau")
+
+
+def test_dice_weight_scales_the_dice_term():
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    bce, dice = build_loss("bce")(logits, target), build_loss("dice")(logits, target)
+    torch.testing.assert_close(build_loss("bce_dice", dice_weight=2.5)(logits, target), bce + 2.5 * dice)
