@@ -84,8 +84,10 @@ started = time.perf_counter()
 result = train(run, config, data, progress_bar=False)
 export_models(run, data)
 metrics = evaluate_run(run, data, overlays=False)
-print(json.dumps({"val_iou": result["best_val_iou"], "test_iou": metrics["iou"], "best_epoch": result["best_epoch"],
-                  "epochs_run": result["epochs_run"], "seconds": time.perf_counter() - started}))
+row = {"val_iou": result["best_val_iou"], "test_iou": metrics["iou"], "best_epoch": result["best_epoch"],
+       "epochs_run": result["epochs_run"], "seconds": time.perf_counter() - started}
+run.with_suffix(".json").write_text(json.dumps({"settings": overrides, "result": row}))
+print(json.dumps(row))
 """
 
 
@@ -94,7 +96,7 @@ def run_one(stats_run: Path, work: Path, data: Path, recipe: str, overrides: dic
     """Train, export and evaluate one recipe with one seed in a fresh process."""
     settings = {**overrides, "seed": seed, "epochs": epochs}
     run = work / f"{recipe}-{seed}"
-    record = run.with_suffix(".json")  # a finished run of the same settings in --work is reused
+    record = run.with_suffix(".json")  # the child's record: a finished run of the same settings is reused
     if record.is_file() and json.loads(record.read_text())["settings"] == settings:
         row = json.loads(record.read_text())["result"]
     else:
@@ -105,7 +107,6 @@ def run_one(stats_run: Path, work: Path, data: Path, recipe: str, overrides: dic
         if proc.returncode:
             raise RuntimeError(f"{recipe} seed {seed} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
-        record.write_text(json.dumps({"settings": settings, "result": row}))
     print(f"  {recipe:>14} seed {seed}: val IoU {row['val_iou']:.3f}  test IoU {row['test_iou']:.3f}  "
           f"(best epoch {row['best_epoch']}, {row['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return {"recipe": recipe, "seed": seed, **row}
