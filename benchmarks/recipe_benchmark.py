@@ -3,7 +3,7 @@
 For each recipe and each training seed, in a fresh process: ``train`` -> ``export_models`` ->
 ``evaluate_run`` on one statistics pass (same chips, same split for every run), recording the
 best validation IoU (the figure recipes are tuned on) and the test IoU of the exported ONNX
-model (the figure reported). Prints, per recipe, the mean and the sample standard deviation
+model (the figure reported), without and with flip test-time augmentation (``evaluate --tta``). Prints, per recipe, the mean and the sample standard deviation
 over the seeds, and each seed's figures; ``--json PATH`` writes everything.
 
 Recipes (:data:`RECIPES`) are ``TrainConfig`` overrides:
@@ -76,17 +76,23 @@ from components.stages.export import export_models
 from components.stages.train import train
 
 stats_run, run, data, overrides = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
-run.mkdir(parents=True)
-for name in ("stats.json", "dataset_manifest.json", ".campseg-run.json"):
-    shutil.copy(stats_run / name, run / name)
-config = TrainConfig.from_dict({**TrainConfig().to_dict(), **overrides})
-started = time.perf_counter()
-result = train(run, config, data, progress_bar=False)
-export_models(run, data)
-metrics = evaluate_run(run, data, overlays=False)
-row = {"val_iou": result["best_val_iou"], "test_iou": metrics["iou"], "best_epoch": result["best_epoch"],
-       "epochs_run": result["epochs_run"], "seconds": time.perf_counter() - started}
-run.with_suffix(".json").write_text(json.dumps({"settings": overrides, "result": row}))
+if not run.is_dir():
+    run.mkdir(parents=True)
+    for name in ("stats.json", "dataset_manifest.json", ".campseg-run.json"):
+        shutil.copy(stats_run / name, run / name)
+record = run.with_suffix(".json")
+if record.is_file():  # trained before this script scored TTA: score the exported model with it
+    row = json.loads(record.read_text())["result"]
+else:
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **overrides})
+    started = time.perf_counter()
+    result = train(run, config, data, progress_bar=False)
+    export_models(run, data)
+    metrics = evaluate_run(run, data, overlays=False)
+    row = {"val_iou": result["best_val_iou"], "test_iou": metrics["iou"], "best_epoch": result["best_epoch"],
+           "epochs_run": result["epochs_run"], "seconds": time.perf_counter() - started}
+row["test_iou_tta"] = evaluate_run(run, data, overlays=False, tta=True)["iou"]
+record.write_text(json.dumps({"settings": overrides, "result": row}))
 print(json.dumps(row))
 """
 
@@ -97,10 +103,13 @@ def run_one(stats_run: Path, work: Path, data: Path, recipe: str, overrides: dic
     settings = {**overrides, "seed": seed, "epochs": epochs}
     run = work / f"{recipe}-{seed}"
     record = run.with_suffix(".json")  # the child's record: a finished run of the same settings is reused
-    if record.is_file() and json.loads(record.read_text())["settings"] == settings:
-        row = json.loads(record.read_text())["result"]
+    known = json.loads(record.read_text()) if record.is_file() else None
+    if known is not None and known["settings"] == settings and "test_iou_tta" in known["result"]:
+        row = known["result"]
     else:
-        shutil.rmtree(run, ignore_errors=True)
+        if known is None or known["settings"] != settings:
+            record.unlink(missing_ok=True)
+            shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-c", _CHILD, str(stats_run), str(run), str(data), json.dumps(settings), str(threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)})
@@ -108,6 +117,7 @@ def run_one(stats_run: Path, work: Path, data: Path, recipe: str, overrides: dic
             raise RuntimeError(f"{recipe} seed {seed} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"  {recipe:>14} seed {seed}: val IoU {row['val_iou']:.3f}  test IoU {row['test_iou']:.3f}  "
+          f"with TTA {row['test_iou_tta']:.3f}  "
           f"(best epoch {row['best_epoch']}, {row['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return {"recipe": recipe, "seed": seed, **row}
 
@@ -118,7 +128,7 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
     for name in names:
         mine = [r for r in rows if r["recipe"] == name]
         entry = {"seeds": [r["seed"] for r in mine]}
-        for key in ("val_iou", "test_iou"):
+        for key in ("val_iou", "test_iou", "test_iou_tta"):
             values = [r[key] for r in mine]
             entry[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                           "values": values}
@@ -127,11 +137,12 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
 
 
 def table(summary: dict) -> str:
-    lines = ["| recipe | val IoU mean ± sd | test IoU mean ± sd | test IoU per seed |", "|---|---|---|---|"]
+    lines = ["| recipe | val IoU mean ± sd | test IoU mean ± sd | test IoU per seed | test IoU with TTA mean ± sd |",
+             "|---|---|---|---|---|"]
     for name, e in summary.items():
-        v, t = e["val_iou"], e["test_iou"]
+        v, t, a = e["val_iou"], e["test_iou"], e["test_iou_tta"]
         lines.append(f"| {name} | {v['mean']:.3f} ± {v['std']:.3f} | {t['mean']:.3f} ± {t['std']:.3f} | "
-                     + ", ".join(f"{x:.3f}" for x in t["values"]) + " |")
+                     + ", ".join(f"{x:.3f}" for x in t["values"]) + f" | {a['mean']:.3f} ± {a['std']:.3f} |")
     return "\n".join(lines)
 
 
