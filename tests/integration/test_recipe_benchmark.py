@@ -1,5 +1,5 @@
-"""Smoke test of benchmarks/recipe_benchmark.py: it trains, exports and evaluates each recipe per seed,
-summarises over the seeds and reuses finished runs. Not a timed test, and its figures mean nothing."""
+"""Smoke test of benchmarks/recipe_benchmark.py: it trains, exports and evaluates (with and without TTA)
+each recipe per seed, summarises over the seeds and reuses finished runs. Not a timed test, and its figures mean nothing."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def test_recipe_sweep_reports_mean_and_spread_per_recipe(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert {(r["recipe"], r["seed"]) for r in result["runs"]} == {("before", 1), ("before", 2)}
-    test = result["summary"]["before"]["test_iou"]
-    assert len(test["values"]) == 2 and 0.0 <= min(test["values"]) <= max(test["values"]) <= 1.0
-    assert abs(test["mean"] - sum(test["values"]) / 2) < 1e-9
+    for key in ("test_iou", "test_iou_tta"):
+        test = result["summary"]["before"][key]
+        assert len(test["values"]) == 2 and 0.0 <= min(test["values"]) <= max(test["values"]) <= 1.0
+        assert abs(test["mean"] - sum(test["values"]) / 2) < 1e-9
     assert "| before |" in proc.stdout
     # A second sweep over the same --work trains nothing again: the figures are the recorded ones.
     stamps = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
