@@ -54,6 +54,7 @@ RECIPES: dict[str, dict] = {
     "default": {},
     "seed_baseline": SEED_BASELINE,
     "warmup": {**BEFORE, "warmup_epochs": 1.0},
+    "warmup_lr": {**BEFORE, "warmup_epochs": 1.0, "learning_rate": 6e-3},
     "crop": {**BEFORE, "crop_scale": 0.5},
     "color": {**BEFORE, "color_jitter": 0.1},
     "ema": {**BEFORE, "ema_decay": 0.9},
