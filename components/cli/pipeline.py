@@ -88,6 +88,8 @@ APPLIES: dict[str, tuple[tuple[str, ...], str]] = {
     "registry": _BUILD, "tag": _BUILD, "push": _BUILD, "wheelhouse": _BUILD,
     "output": (("compile", "build_images"), "the path of the compiled pipeline YAML"),
     "output_dir": _LOCAL, "runner": _LOCAL, "verbose": _LOCAL,
+    # Read (and removed) by pipeline.py before parsing; listed here so that --help shows it.
+    "pipeline": (("compile", "submit", "build_images"), "--run-local runs the training pipeline only"),
     "host": _SUBMISSION, "namespace": _SUBMISSION, "existing_token": _SUBMISSION, "cookies": _SUBMISSION,
     "experiment": _SUBMISSION, "version_name": _SUBMISSION, "service_account": _SUBMISSION,
     "schedule": _SUBMISSION, "run_name": _SUBMISSION,
@@ -232,6 +234,9 @@ def build_parser(pipeline_func) -> argparse.ArgumentParser:
     mode.add_argument("--submit", action="store_true", help="upload a new pipeline version and start a run")
     mode.add_argument("--build-images", action="store_true",
                       help="build (and --push) the CPU and CUDA images, then compile the pipeline with them")
+    parser.add_argument("--pipeline", choices=("training", "predict"), default="training",
+                        help="which pipeline: training, or predict (batch prediction over scenes; docs/predict.md); "
+                             "--help after it lists that pipeline's parameters")
     parser.add_argument("--registry", default="", help="image registry of --build-images, e.g. registry.example.com/campseg")
     parser.add_argument("--tag", default=None, help="image tag of --build-images (default: the project version)")
     parser.add_argument("--push", action="store_true", help="push the built images (uses the engine's docker login)")
