@@ -94,7 +94,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     lr_schedule: ScheduleName = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 1.0
     augment: bool = True
     crop_scale: float = 1.0
     color_jitter: float = 0.0
