@@ -141,9 +141,6 @@ class TrainConfig:
             if not (low <= value <= high if closed else low <= value < high) or (name == "crop_scale" and value == 0):
                 bound = f"({low:g}, {high:g}]" if name == "crop_scale" else f"[{low:g}, {high:g}{']' if closed else ')'}"
                 raise ParameterError(f"{name}={value!r}: must be in {bound}")
-        if self.warmup_epochs > 0 and self.lr_schedule == "plateau":
-            raise ParameterError(f"warmup_epochs={self.warmup_epochs!r} with lr_schedule='plateau': a per-step "
-                                 "warm-up goes with cosine or none")
         if not self.dice_weight >= 0:
             raise ParameterError(f"dice_weight={self.dice_weight!r}: must be >= 0")
         if not self.learning_rate > 0:

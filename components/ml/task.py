@@ -189,7 +189,7 @@ class SegmentationTask(L.LightningModule):
                 optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
             case "sgd":
                 optimizer = torch.optim.SGD(params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay)
-        if c.warmup_epochs > 0:
+        if c.warmup_epochs > 0 and c.lr_schedule != "plateau":
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._warmup_schedule(optimizer),
                                                              "interval": "step"}}
         match c.lr_schedule:
@@ -200,13 +200,23 @@ class SegmentationTask(L.LightningModule):
                 return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
             case "plateau":
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
-                return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+                plateau = {"scheduler": scheduler, "monitor": "val_loss"}
+                warmup = self._warmup_steps() if c.warmup_epochs > 0 else 1
+                if warmup == 1:
+                    return {"optimizer": optimizer, "lr_scheduler": plateau}
+                # LinearLR scales the current rate (chainable), so the plateau's reductions stand after the warm-up.
+                rise = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / warmup, 1.0, total_iters=warmup - 1)
+                return [optimizer], [{"scheduler": rise, "interval": "step"}, plateau]
+
+    def _warmup_steps(self) -> int:
+        """Optimizer steps of ``warmup_epochs`` (at least 1, at most all of them)."""
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return min(max(round(total * self.config.warmup_epochs / max(self.config.epochs, 1)), 1), total)
 
     def _warmup_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        c = self.config
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(max(round(total * c.warmup_epochs / max(c.epochs, 1)), 1), total)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(total, warmup, c.lr_schedule))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(total, self._warmup_steps(),
+                                                                          self.config.lr_schedule))
 
 
 def warmup_factor(total: int, warmup: int, schedule: str) -> Callable[[int], float]:
