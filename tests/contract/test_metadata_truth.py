@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_report_html_is_self_contained_and_names_the_class(run):
     page = RunLayout(run).report_html.read_text()
     assert page.count("data:image/png;base64,") >= 5  # curves, confusion matrix, three overlays
     assert "src=\"http" not in page and "href=\"http" not in page
-    assert "building" in page and "camp" not in page.lower()
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)  # base64 may spell anything
+    assert "building" in text and "camp" not in text.lower()
 
 
 def test_class_name_reaches_stats_stac_and_emd(run, item):
