@@ -206,8 +206,7 @@ def bare_step(config, prep, pairs, device: str, warmup: int, steps: int) -> dict
     # The task builds the network, loss and optimizer exactly as train() does.
     task = SegmentationTask(config.to_dict(), in_channels=len(prep.bands), threshold=prep.threshold).to(device)
     network, criterion = task.network, task.criterion
-    optimized = task.configure_optimizers()
-    optimizer = optimized["optimizer"] if isinstance(optimized, dict) else optimized
+    optimizer = task.build_optimizer()  # the schedule needs a Trainer; a bare step keeps the initial rate
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     model = torch.compile(network) if config.compile else network

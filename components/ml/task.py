@@ -179,16 +179,21 @@ class SegmentationTask(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test", self.test_metrics)
 
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of the network's parameters (the weight average has none), without its schedule."""
         c = self.config
         params = self.network.parameters()
         match c.optimizer:
             case "adam":
-                optimizer = torch.optim.Adam(params, lr=c.learning_rate)
+                return torch.optim.Adam(params, lr=c.learning_rate)
             case "adamw":
-                optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+                return torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
             case "sgd":
-                optimizer = torch.optim.SGD(params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay)
+                return torch.optim.SGD(params, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def configure_optimizers(self):
+        c = self.config
+        optimizer = self.build_optimizer()
         if c.warmup_epochs > 0 and c.lr_schedule != "plateau":
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._warmup_schedule(optimizer),
                                                              "interval": "step"}}
