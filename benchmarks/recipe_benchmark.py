@@ -109,6 +109,9 @@ def run_one(stats_run: Path, work: Path, data: Path, recipe: str, overrides: dic
         row = known["result"]
     else:
         if known is None or known["settings"] != settings:
+            # Only what this script made goes: a run folder carries the project's marker.
+            if run.exists() and not (run / ".campseg-run.json").is_file():
+                raise SystemExit(f"--work {work}: {run} is not a run folder of this benchmark; choose another --work")
             record.unlink(missing_ok=True)
             shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-c", _CHILD, str(stats_run), str(run), str(data), json.dumps(settings), str(threads)]
