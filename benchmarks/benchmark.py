@@ -472,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="--gpu: batch of the fp32/bf16/compile variants (default: the auto batch size)")
     parser.add_argument("--bare-steps", type=int, default=None,
                         help="--gpu: timed steps of the bare train step (default: 50 on cuda, 2 on cpu)")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help="--gpu: only these variants (bf16, bf16_fast, seed_recipe, bf16_compile_fast, fp32)")
+    parser.add_argument("--count-syncs", action="store_true",
+                        help="--gpu: also count the waits for the GPU during each fit (torch.cuda sync debug "
+                             "mode; slows the fit, so its images/s are not comparable)")
     args = parser.parse_args(argv)
     if args.gpu:
         return gpu_main(args, parser)
@@ -569,10 +574,18 @@ def gpu_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             data = generate_sample_dataset(work / "train-data", 96 if on_cuda else 20, size=size, seed=1)
             image_size = size
         repeat = args.repeat or (24 if on_cuda else 1)
+
+        def write_partial(gpu: dict) -> None:
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                partial = {**results, "gpu": gpu, "partial": True, "wall_seconds": time.perf_counter() - started}
+                args.json.write_text(json.dumps(partial, indent=2, default=str) + "\n")
+
         results["gpu"] = bench_gpu(
             data, image_size, work / "gpu", args.device, epochs=args.epochs or (4 if on_cuda else 2), repeat=repeat,
             batch_size=args.batch_size, warmup=10 if on_cuda else 1, steps=args.bare_steps or (50 if on_cuda else 2),
-            skip=() if on_cuda else ("bf16_compile",))
+            skip=() if on_cuda else ("bf16_compile_fast",), on_variant=write_partial, only=args.variants,
+            count_syncs=args.count_syncs and on_cuda)
     results["figures"] = gpu_figures(results["gpu"])
     results["wall_seconds"] = time.perf_counter() - started
     print(gpu_table(results["gpu"]))
@@ -580,7 +593,10 @@ def gpu_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return 0
+    failed = [name for name, v in results["gpu"]["variants"].items() if "error" in v]
+    if failed:
+        print(f"error: variants failed: {', '.join(failed)} (their errors are in the table above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

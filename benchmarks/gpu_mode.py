@@ -19,6 +19,7 @@ jsonschema, mlflow, kfp, onnx, onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
@@ -26,7 +27,9 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
+from typing import Callable
 
 #: Sampling period of the utilisation, seconds.
 PERIOD_S = 0.2
@@ -174,8 +177,9 @@ def repeated_dataset(data: Path, repeat: int, out: Path, to_png: bool = False) -
 
 
 def variants(batch_size: int, epochs: int, device: str) -> dict:
-    """The trained configurations: the default recipe in fp32, bf16-mixed and bf16-mixed compiled,
-    at ``batch_size``, and the seed document's recipe (its own batch of 32)."""
+    """The trained configurations: the default recipe in bf16-mixed (deterministic, the default, and
+    not: ``_fast``), bf16-mixed compiled and fp32, at ``batch_size``, and the seed document's recipe
+    (its own batch of 32)."""
     from benchmark import recipes
 
     from components.contracts.config import TrainConfig
@@ -183,11 +187,13 @@ def variants(batch_size: int, epochs: int, device: str) -> dict:
     accelerator = "gpu" if device == "cuda" else "cpu"
     common = dict(epochs=epochs, patience=epochs + 1, accelerator=accelerator, batch_size=batch_size)
     seed = recipes(epochs)["seed_baseline"]
+    # In order of what the issue's acceptance needs first, so a run cut short still has it.
     return {
-        "fp32": TrainConfig(precision="32", **common),
         "bf16": TrainConfig(precision="bf16-mixed", **common),
-        "bf16_compile": TrainConfig(precision="bf16-mixed", compile=True, **common),
+        "bf16_fast": TrainConfig(precision="bf16-mixed", deterministic=False, **common),
         "seed_recipe": TrainConfig(**{**seed.to_dict(), "accelerator": accelerator}),
+        "bf16_compile_fast": TrainConfig(precision="bf16-mixed", compile=True, deterministic=False, **common),
+        "fp32": TrainConfig(precision="32", **common),
     }
 
 
@@ -209,6 +215,7 @@ def bare_step(config, prep, pairs, device: str, warmup: int, steps: int) -> dict
     optimizer = task.build_optimizer()  # the schedule needs a Trainer; a bare step keeps the initial rate
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    torch_flags(config.deterministic)  # as train()'s Trainer sets them: the same kernels on both sides
     model = torch.compile(network) if config.compile else network
     autocast = config.precision in ("bf16-mixed", "16-mixed")
     dtype = torch.bfloat16 if config.precision == "bf16-mixed" else torch.float16
@@ -239,9 +246,22 @@ def bare_step(config, prep, pairs, device: str, warmup: int, steps: int) -> dict
             "images_per_second": batch * steps / seconds}
 
 
-def real_train(config, stats_run: Path, data: Path, run: Path, sampler: UtilisationSampler) -> dict:
+def torch_flags(deterministic: bool) -> None:
+    """The process-wide flags Lightning's ``Trainer(deterministic="warn" | False, benchmark=...)`` sets,
+    as ``components.stages.train`` chooses them."""
+    import torch
+
+    torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+
+
+def real_train(config, stats_run: Path, data: Path, run: Path, sampler: UtilisationSampler,
+               count_syncs: bool = False) -> dict:
     """Images/s of :func:`train` with ``config`` on the statistics of ``stats_run``, and the
-    utilisation during its fit."""
+    utilisation during its fit; with ``count_syncs``, also the training process's waits for the GPU
+    (``torch.cuda.set_sync_debug_mode``), grouped by the line of code that waited."""
     from benchmark import epoch_timer
 
     from components.stages.train import train
@@ -251,7 +271,8 @@ def real_train(config, stats_run: Path, data: Path, run: Path, sampler: Utilisat
         shutil.copy(stats_run / file, run / file)
     timer, watch = epoch_timer(), fit_sampler(sampler)
     started = time.perf_counter()
-    result = train(run, config, data, callbacks=[timer, watch], progress_bar=False)
+    with sync_counter(count_syncs) as syncs:
+        result = train(run, config, data, callbacks=[timer, watch], progress_bar=False)
     measured = timer.epochs[1:] or timer.epochs  # epoch 0 is warm-up (and compilation)
     return {
         "batch_size": result.get("batch_size", config.batch_size),
@@ -264,12 +285,39 @@ def real_train(config, stats_run: Path, data: Path, run: Path, sampler: Utilisat
         "best_val_iou": result["best_val_iou"],
         "utilisation_fit": sampler.summary(),
         "utilisation_after_epoch_0": sampler.summary(since=watch.steady_from),
+        **({"syncs": syncs} if count_syncs else {}),
     }
 
 
+@contextlib.contextmanager
+def sync_counter(enabled: bool):
+    """Counts of CUDA synchronisations by the code line that caused them (``enabled`` only)."""
+    counts: dict[str, int] = {}
+    if not enabled:
+        yield counts
+        return
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counts
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):  # the innermost Python line that called the waiting operation
+            key = f"{w.filename}:{w.lineno}"
+            counts[key] = counts.get(key, 0) + 1
+
+
 def bench_gpu(data: Path, image_size: int | None, work: Path, device: str, epochs: int, repeat: int,
-              batch_size: int | None, warmup: int, steps: int, skip: tuple[str, ...] = ()) -> dict:
-    """Every variant's bare step and real ``train()`` on the same chips; see the module's docstring."""
+              batch_size: int | None, warmup: int, steps: int, skip: tuple[str, ...] = (),
+              on_variant: Callable[[dict], None] | None = None, only: list[str] | None = None,
+              count_syncs: bool = False) -> dict:
+    """Every variant's bare step and real ``train()`` on the same chips; see the module's docstring.
+    A variant that raises is recorded with its error and the next one runs; ``on_variant`` gets the
+    results so far after each variant (the command line writes them, so a run cut short keeps them)."""
     import torch
 
     from components.contracts.preprocessing import Preprocessing
@@ -295,26 +343,43 @@ def bench_gpu(data: Path, image_size: int | None, work: Path, device: str, epoch
         "tiff_as_png": "GeoTIFFs read by Pillow and written as PNG (rasterio is not importable)" if to_png else None,
     }
     sampler = UtilisationSampler(enabled=device == "cuda")
-    for name, config in variants(batch, epochs, device).items():
+    chosen = variants(batch, epochs, device)
+    unknown = sorted(set(only or ()) - set(chosen))
+    if unknown:
+        raise SystemExit(f"error: --variants {' '.join(unknown)}: no such variant (choose from {', '.join(chosen)})")
+    for name, config in chosen.items():
+        if only and name not in only:
+            continue
         if name in skip:
             out["variants"][name] = {"skipped": skip_reason(name, device)}
             print(f"  {name}: skipped ({skip_reason(name, device)})", file=sys.stderr, flush=True)
             continue
-        bare = bare_step(config, prep, train_pairs, device, warmup * (5 if config.compile else 1), steps)
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        real = real_train(config, stats_run, chips, work / name, sampler)
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        try:
+            bare = bare_step(config, prep, train_pairs, device, warmup * (5 if config.compile else 1), steps)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            real = real_train(config, stats_run, chips, work / name, sampler, count_syncs)
+        except Exception as exc:  # noqa: BLE001 - one variant's failure is a result; the others still run
+            sampler.stop()
+            out["variants"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            print(f"  {name}: failed: {out['variants'][name]['error']}", file=sys.stderr, flush=True)
+            if on_variant is not None:
+                on_variant(out)
+            continue
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
         out["variants"][name] = {
             "config": {k: v for k, v in config.to_dict().items()
                        if k in ("architecture", "loss", "optimizer", "batch_size", "precision", "compile",
-                                "augment", "channels_last")},
+                                "augment", "channels_last", "deterministic")},
             "bare_step": bare, "train": real,
             "train_over_bare": real["images_per_second"] / bare["images_per_second"],
         }
         print(f"  {name}: bare {bare['images_per_second']:.1f} img/s, train() {real['images_per_second']:.1f} "
               f"img/s, utilisation {_percent(real['utilisation_fit'])}", file=sys.stderr, flush=True)
+        if on_variant is not None:
+            on_variant(out)
     return out
 
 
@@ -332,7 +397,7 @@ def gpu_figures(results: dict) -> dict:
     """The headline figures, flat: numbers, or None where not measured."""
     out: dict = {"batch_size": results["batch_size"]}
     for name, v in results["variants"].items():
-        if "skipped" in v:
+        if "skipped" in v or "error" in v:
             continue
         out[f"{name}_bare_images_per_second"] = v["bare_step"]["images_per_second"]
         out[f"{name}_train_images_per_second"] = v["train"]["images_per_second"]
@@ -350,6 +415,9 @@ def gpu_table(results: dict) -> str:
     for name, v in results["variants"].items():
         if "skipped" in v:
             rows.append((name, "-", "-", "-", "-", "-", "skipped: " + v["skipped"], ""))
+            continue
+        if "error" in v:
+            rows.append((name, "-", "-", "-", "-", "-", "failed: " + v["error"].splitlines()[0][:120], ""))
             continue
         b, t = v["bare_step"], v["train"]
         rows.append((name, str(b["batch_size"]), f"{b['images_per_second']:.1f}", f"{t['images_per_second']:.1f}",

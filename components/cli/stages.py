@@ -132,6 +132,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
                    help="channels_last memory format (default on: faster convolutions on CPU and GPU)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=defaults.deterministic,
+                   help="deterministic algorithms only: a seed trains the same model again (default on); "
+                        "--no-deterministic lets cuDNN pick its fastest kernels (faster on GPUs)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -145,6 +148,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, precision=args.precision, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes,
         num_workers=args.num_workers, compile=args.compile, channels_last=args.channels_last,
+        deterministic=args.deterministic,
     )
 
 

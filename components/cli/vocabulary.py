@@ -116,6 +116,8 @@ STAGE_ONLY: dict[str, str] = {
     "--compile": "the pipeline has no parameter for it yet",
     "--channels-last": "the pipeline has no parameter for it yet (it is on by default)",
     "--no-channels-last": "the pipeline has no parameter for it yet (--channels-last is on by default)",
+    "--deterministic": "the pipeline trains deterministically (a retrain with the same seed gives the same model)",
+    "--no-deterministic": "the pipeline trains deterministically; off gained 3-9% on an H100 (docs/benchmarks.md)",
 }
 
 

@@ -82,6 +82,9 @@ class TrainConfig:
             started by a launcher such as torchrun (see ``docs/training.md``).
         compile: ``torch.compile`` the network for training (slow first steps, faster later ones).
         channels_last: train in the ``channels_last`` memory format (faster convolutions on CPU and GPU).
+        deterministic: deterministic algorithms only (Lightning ``deterministic="warn"``): a seed trains
+            the same model again. Off: cuDNN times and picks its fastest kernels (``cudnn.benchmark``),
+            faster on GPUs, and two runs differ in the last bits.
     """
 
     architecture: Architecture = "unet"
@@ -111,6 +114,7 @@ class TrainConfig:
     num_nodes: int = 1
     compile: bool = False
     channels_last: bool = True
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -149,7 +153,7 @@ class TrainConfig:
             raise ParameterError(f"weight_decay={self.weight_decay!r}: must be >= 0")
         if not 0 <= self.momentum < 1:
             raise ParameterError(f"momentum={self.momentum!r}: must be in [0, 1)")
-        for name in ("augment", "compile", "channels_last"):
+        for name in ("augment", "compile", "channels_last", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(f"{name}={getattr(self, name)!r}: must be true or false")
 

@@ -52,6 +52,7 @@ class BatchTransform:
         self.crop_scale, self.color_jitter = crop_scale, color_jitter
         low, high = prep.raw_range
         self._clip = (max(low, 0.0), high)
+        self._scales: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -67,9 +68,12 @@ class BatchTransform:
         self.__init__(**state)
 
     def _scale(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.prep.raw_mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.prep.raw_std, dtype=torch.float32).view(1, -1, 1, 1)
-        return mean.to(device), std.to(device)
+        """The bands' raw mean and std on ``device``, copied there once (a copy per batch waits for the GPU)."""
+        if device not in self._scales:
+            mean = torch.tensor(self.prep.raw_mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.prep.raw_std, dtype=torch.float32).view(1, -1, 1, 1)
+            self._scales[device] = (mean.to(device), std.to(device))
+        return self._scales[device]
 
     def __call__(self, chips: torch.Tensor, masks: torch.Tensor, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``chips`` (B, C, S, S) raw, ``masks`` (B, S, S) uint8 -> x (B, C, S, S) float32 and

@@ -2,7 +2,8 @@
 
 Every loss takes logits and a float target of 0 (background), 1 (camp) or
 :data:`~components.data.pairs.IGNORE` (255: no data). Ignored pixels add nothing to the loss or
-its gradient; a batch without one computes exactly what the plain loss computes.
+its gradient; a batch without one computes the plain loss (up to rounding). The mask is always
+applied, never tested for on the host: a test would wait for the GPU on every step.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ from components.contracts.config import LossName
 from components.data.pairs import IGNORE
 
 
-def split_target(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The 0/1 target and a 0/1 weight of the pixels that count; None when every pixel counts."""
+def split_target(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 0/1 target and a 0/1 weight of the pixels that count."""
     valid = target != IGNORE
-    if bool(valid.all()):
-        return target, None
     return torch.where(valid, target, torch.zeros_like(target)), valid.to(target.dtype)
 
 
-def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    if weight is None:
-        return values.mean()
+def _mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
@@ -34,8 +31,6 @@ class BCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target, weight = split_target(target)
-        if weight is None:
-            return F.binary_cross_entropy_with_logits(logits.float(), target)
         return _mean(F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none"), weight)
 
 
@@ -48,9 +43,7 @@ class DiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target, weight = split_target(target)
-        probs = torch.sigmoid(logits.float())
-        if weight is not None:
-            probs = probs * weight
+        probs = torch.sigmoid(logits.float()) * weight
         intersection = (probs * target).sum()
         return 1 - (2 * intersection + self.smooth) / (probs.sum() + target.sum() + self.smooth)
 

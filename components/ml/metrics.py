@@ -14,9 +14,11 @@ if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
 #: Name -> binary class of ``torchmetrics.classification`` (each takes ``threshold=``), in the order
-#: reports show them. Class names, so that the names alone (tracking, pipeline.py) import no torch.
+#: reports show them; ``BinaryIoU`` is torchmetrics' Jaccard index counted by stat scores
+#: (:mod:`components.ml.binary_iou`: no device sync in a training step). Class names, so that the
+#: names alone (tracking, pipeline.py) import no torch.
 METRICS: dict[str, str] = {
-    "iou": "BinaryJaccardIndex",
+    "iou": "BinaryIoU",
     "f1": "BinaryF1Score",
     "precision": "BinaryPrecision",
     "recall": "BinaryRecall",
@@ -29,13 +31,23 @@ MONITOR = "val_iou"
 ROW_KEYS = ("epoch", "seconds")
 
 
-def metric_collection(threshold: float, prefix: str | None = None) -> MetricCollection:
-    """Every metric of :data:`METRICS` at ``threshold`` (on probabilities), optionally prefixed."""
+def metric_collection(threshold: float, prefix: str | None = None, ignore_index: int | None = None,
+                      validate_args: bool = True) -> MetricCollection:
+    """Every metric of :data:`METRICS` at ``threshold`` (on probabilities), optionally prefixed.
+
+    ``ignore_index``: target value that counts in no metric. ``validate_args=False`` skips
+    torchmetrics' checks of the values, which wait for the GPU (training's own batches need none).
+    """
     import torchmetrics.classification
     from torchmetrics import MetricCollection
 
-    return MetricCollection({name: getattr(torchmetrics.classification, cls)(threshold=threshold)
-                             for name, cls in METRICS.items()}, prefix=prefix)
+    from components.ml import binary_iou
+
+    def build(cls: str):
+        metric = getattr(torchmetrics.classification, cls, None) or getattr(binary_iou, cls)
+        return metric(threshold=threshold, ignore_index=ignore_index, validate_args=validate_args)
+
+    return MetricCollection({name: build(cls) for name, cls in METRICS.items()}, prefix=prefix)
 
 
 def epoch_row(epoch: int, logged: Mapping[str, Any], seconds: float | None = None) -> dict[str, float]:

@@ -119,7 +119,8 @@ class SegmentationTask(L.LightningModule):
         self.criterion = build_loss(self.config.loss, self.config.dice_weight)
 
     def configure_metrics(self) -> None:
-        metrics = metric_collection(self.hparams.threshold)
+        # No-data pixels are masked inside the update, and the values need no checks: no step waits for the GPU.
+        metrics = metric_collection(self.hparams.threshold, ignore_index=IGNORE, validate_args=False)
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
@@ -152,12 +153,7 @@ class SegmentationTask(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        probs, target = torch.sigmoid(logits.float()), y.int()
-        valid = target != IGNORE
-        if not bool(valid.all()):  # no-data pixels count in no metric
-            probs, target = probs[valid], target[valid]
-        if target.numel():
-            metrics.update(probs, target)
+        metrics.update(torch.sigmoid(logits.float()), y.int())  # no-data pixels (IGNORE) count in no metric
         # Metric objects logged with on_epoch=True are computed and reset by Lightning at epoch end;
         # under DDP torchmetrics sums their states over the ranks first, so every rank (and so early
         # stopping and the checkpoint's monitor) sees the metric of the whole split. Losses are
@@ -166,8 +162,9 @@ class SegmentationTask(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=x.shape[0], sync_dist=distributed)
-        if stage == "train":
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        if stage == "train":  # a tensor filled on the device: a Python float would be copied there, a wait per step
+            lr = torch.full((), self.trainer.optimizers[0].param_groups[0]["lr"], device=loss.device)
+            self.log("lr", lr, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -85,10 +85,12 @@ def _trainer(config: TrainConfig, launch: Launch, callbacks: list[Callback], log
         precision=_precision(config),
         callbacks=[*callbacks, EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)],
         logger=logger,
-        deterministic="warn",
+        deterministic="warn" if config.deterministic else False,
+        benchmark=not config.deterministic,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
-        log_every_n_steps=1,
+        # Each logging step reads the step's values on the host (a wait for the GPU); no logger reads them.
+        log_every_n_steps=50,
         num_sanity_val_steps=0,
     )
 

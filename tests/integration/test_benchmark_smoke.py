@@ -50,15 +50,16 @@ def test_gpu_mode_dry_run_on_the_cpu_reports_every_variant(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     gpu = json.loads(out.read_text())["gpu"]
-    assert set(gpu["variants"]) == {"fp32", "bf16", "bf16_compile", "seed_recipe"}
-    assert "skipped" in gpu["variants"]["bf16_compile"]
-    for name in ("fp32", "bf16", "seed_recipe"):
+    assert list(gpu["variants"]) == ["bf16", "bf16_fast", "seed_recipe", "bf16_compile_fast", "fp32"]
+    assert "skipped" in gpu["variants"]["bf16_compile_fast"]
+    for name in ("fp32", "bf16", "bf16_fast", "seed_recipe"):
         v = gpu["variants"][name]
         assert v["bare_step"]["images_per_second"] > 0 and v["train"]["images_per_second"] > 0
         assert math.isclose(v["train_over_bare"], v["train"]["images_per_second"] / v["bare_step"]["images_per_second"])
         assert v["train"]["utilisation_fit"]["samples"] == 0 and v["train"]["utilisation_fit"]["note"] == "unavailable"
     assert gpu["variants"]["fp32"]["train"]["precision"] == "32-true"
     assert gpu["variants"]["bf16"]["train"]["precision"] == "bf16-mixed"
+    assert gpu["variants"]["bf16"]["config"]["deterministic"] and not gpu["variants"]["bf16_fast"]["config"]["deterministic"]
     assert gpu["variants"]["seed_recipe"]["bare_step"]["batch_size"] == 32
     assert gpu["variants"]["fp32"]["train"]["batch_size"] == gpu["variants"]["fp32"]["bare_step"]["batch_size"]
     assert "train() img/s" in proc.stdout and "unavailable" in proc.stdout

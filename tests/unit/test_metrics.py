@@ -28,3 +28,24 @@ def test_the_pipeline_command_line_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_iou_counted_by_stat_scores_equals_torchmetrics_jaccard_index_with_no_data_left_out():
+    """BinaryIoU (training's IoU: no device sync) gives BinaryJaccardIndex's value, no-data pixels left out."""
+    from torchmetrics.classification import BinaryJaccardIndex
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(4, 1, 16, 16, generator=generator)
+    target = (torch.rand(4, 1, 16, 16, generator=generator) < 0.3).int()
+    target[0, 0, :4] = 255  # no data
+    training = metric_collection(0.5, ignore_index=255, validate_args=False)
+    training.update(probs, target)
+    valid = target != 255
+    reference = BinaryJaccardIndex(threshold=0.5)(probs[valid], target[valid])
+    assert float(training.compute()["iou"]) == pytest.approx(float(reference))
+    # The ignored pixels count nowhere: the same as scoring only the valid ones.
+    plain = {k: float(v) for k, v in metric_collection(0.5)(probs[valid], target[valid]).items()}
+    assert {k: float(v) for k, v in training.compute().items()} == pytest.approx(plain)
+    # An empty union is 0, as BinaryJaccardIndex's default zero_division.
+    nothing = metric_collection(0.5)(torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.int))
+    assert float(nothing["iou"]) == 0.0 == float(BinaryJaccardIndex(threshold=0.5)(torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.int)))

@@ -352,3 +352,23 @@ def test_dice_weight_scales_the_dice_term():
     logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
     bce, dice = build_loss("bce")(logits, target), build_loss("dice")(logits, target)
     torch.testing.assert_close(build_loss("bce_dice", dice_weight=2.5)(logits, target), bce + 2.5 * dice)
+
+
+def test_deterministic_is_the_default_and_off_lets_cudnn_pick_its_kernels(tiny_stats, tmp_path):
+    """``deterministic=False`` trains with Lightning's non-deterministic flags (cudnn.benchmark on);
+    the default sets deterministic algorithms again."""
+    from components.contracts.errors import ParameterError
+
+    assert TrainConfig().deterministic is True
+    with pytest.raises(ParameterError, match="deterministic"):
+        TrainConfig(deterministic="no")
+    try:
+        train(fresh_run(tiny_stats, tmp_path / "fast") if (tmp_path / "fast").mkdir() is None else None,
+              TrainConfig(**{**TINY, "epochs": 1}, deterministic=False), progress_bar=False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        train(fresh_run(tiny_stats, tmp_path / "same") if (tmp_path / "same").mkdir() is None else None,
+              TrainConfig(**{**TINY, "epochs": 1}), progress_bar=False)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = False
