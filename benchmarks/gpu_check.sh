@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 12 in one go: `benchmarks/benchmark.py --gpu` on the real chips, repeated
 # so that an epoch is long enough to time (bare train step vs train(), their ratio, GPU utilisation
-# during fit; fp32, bf16-mixed, bf16-mixed + torch.compile, the seed recipe).
+# during fit; bf16-mixed, bf16-mixed non-deterministic, the seed recipe, bf16 + torch.compile, fp32).
 #
 # Usage (from anywhere): bash benchmarks/gpu_check.sh
 #   $OUT        folder for the results (default /tmp/campseg-gpu-check): gpu_benchmark.json,
@@ -14,7 +14,7 @@
 # Pillow. Not needed: rasterio (the dev set's labels are GeoTIFFs, which the project reads with
 # rasterio; without it the benchmark rewrites them as PNG with Pillow first, same pixels), pystac,
 # jsonschema, mlflow, kfp, onnx, onnxruntime. pynvml is optional (else nvidia-smi is polled).
-# Expected wall time on one H100: about 4-6 minutes, torch.compile's first steps included.
+# Wall time on one H100 (2026-11-28, REPEAT=48 EPOCHS=5): 3-4 minutes, torch.compile's first steps included.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/campseg-gpu-check}"
