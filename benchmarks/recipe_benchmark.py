@@ -66,6 +66,7 @@ RECIPES: dict[str, dict] = {
     "all": {**BEFORE, "warmup_epochs": 1.0, "crop_scale": 0.5, "color_jitter": 0.1, "ema_decay": 0.9},
     "warmup_wd": {**BEFORE, "warmup_epochs": 1.0, "weight_decay": 1e-2},
     "warmup_dice2": {**BEFORE, "warmup_epochs": 1.0, "dice_weight": 2.0},
+    "warmup_dice3": {**BEFORE, "warmup_epochs": 1.0, "dice_weight": 3.0},
 }
 
 _CHILD = r"""
